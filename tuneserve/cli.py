@@ -1,0 +1,86 @@
+"""The `tuneserve` command: one subcommand per stage; stage modules are imported inside handlers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tuneserve import __version__
+from tuneserve.errors import TuneserveError
+
+log = logging.getLogger("tuneserve")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.config import TrainingConfig
+    from training.run import run_train
+    from tuneserve.config import load_config
+
+    overrides = list(args.overrides)
+    if args.method:
+        overrides.append(f"method={args.method}")
+    cfg = load_config(TrainingConfig, args.config, overrides)
+    run_train(cfg, data=args.data, run_id=args.run_id, overwrite=args.overwrite)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from training.run import default_run_id, write_comparison
+
+    write_comparison(Path(args.run_a), Path(args.run_b), Path(args.out),
+                     args.run_id or default_run_id(), overwrite=args.overwrite)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuneserve",
+        description="Fine-tune, export and serve transformer text classifiers.")
+    parser.add_argument("--version", action="version", version=f"tuneserve {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="check the data, train baseline and/or LoRA, evaluate")
+    train.add_argument("--config", help="TOML or YAML config (defaults apply without one)")
+    train.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a config value, e.g. lora.r=8")
+    train.add_argument("--method", choices=["head", "lora", "both"],
+                       help="head (baseline), lora, or both then compare")
+    train.add_argument("--data", help="data directory (overrides $TUNESERVE_DATA and "
+                       "data.source)")
+    train.add_argument("--run-id", help="run name; directories are RUN_ID-METHOD")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace runs of the same id (only once the new run finishes)")
+    train.set_defaults(handler=_train)
+
+    cmp = sub.add_parser("compare", help="compare two train runs (baseline first)")
+    cmp.add_argument("run_a", help="baseline run directory")
+    cmp.add_argument("run_b", help="tuned run directory")
+    cmp.add_argument("--out", default="artifacts/compare", help="where comparisons go")
+    cmp.add_argument("--run-id", help="name of the comparison directory")
+    cmp.add_argument("--overwrite", action="store_true", help="replace a comparison of that id")
+    cmp.set_defaults(handler=_compare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; a TuneserveError becomes one line on stderr and exit code 1."""
+    args = build_parser().parse_args(argv)
+    from tuneserve.logs import setup_logging
+
+    setup_logging(args.verbose)
+    try:
+        return int(args.handler(args))
+    except TuneserveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing of the unfinished run was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

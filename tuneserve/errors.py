@@ -1,0 +1,27 @@
+"""The error hierarchy: every expected failure is a TuneserveError with a message that says the fix."""
+
+from __future__ import annotations
+
+
+class TuneserveError(Exception):
+    """Base of every error tuneserve raises on purpose; the CLI prints it as one line, exit 1."""
+
+
+class ConfigError(TuneserveError, ValueError):
+    """A config file or override is unreadable or invalid."""
+
+
+class DataError(TuneserveError, ValueError):
+    """A dataset is missing, malformed, or unusable after cleaning."""
+
+
+class ModelError(TuneserveError, ValueError):
+    """A model cannot be found, loaded, or is not of a supported kind."""
+
+
+class ManifestError(TuneserveError, ValueError):
+    """A run directory has no valid manifest, or its files do not match their recorded hashes."""
+
+
+class RunError(TuneserveError, RuntimeError):
+    """A stage could not write its run directory."""
