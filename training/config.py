@@ -200,7 +200,7 @@ class OutputConfig(StrictConfig):
 class TrainingConfig(StrictConfig):
     """Everything `tuneserve train` needs."""
 
-    method: Method | Literal["both"] = Field("lora", description="head, lora, or both")
+    method: Literal["head", "lora", "both"] = Field("lora", description="head, lora, or both")
     data: DataConfig = Field(default_factory=DataConfig, description="dataset")
     model: ModelConfig = Field(default_factory=ModelConfig, description="encoder and head")
     head: HeadConfig = Field(default_factory=HeadConfig, description="baseline settings")

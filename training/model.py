@@ -66,9 +66,9 @@ def load_tokenizer(ref: BaseModelRef) -> Any:
                          f"{str(exc).splitlines()[0]}") from exc
 
 
-def load_encoder(ref: BaseModelRef) -> tuple[nn.Module, Any]:
-    """Load the pretrained encoder, refusing models that are not sequence classifiers."""
-    from transformers import AutoConfig, AutoModel
+def check_base_model(ref: BaseModelRef) -> Any:
+    """Read the base model's config and refuse models that are not sequence classifiers."""
+    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
@@ -83,9 +83,17 @@ def load_encoder(ref: BaseModelRef) -> tuple[nn.Module, Any]:
             f"base model {ref.name!r} is a {config.model_type!r} model, which transformers "
             "cannot use as a sequence classifier: choose an encoder such as BERT, DistilBERT, "
             "RoBERTa or MiniLM")
+    return config
+
+
+def load_encoder(ref: BaseModelRef) -> tuple[nn.Module, Any]:
+    """Load the pretrained encoder (without its pooler, which the head does not use)."""
+    from transformers import AutoModel
+
+    config = check_base_model(ref)
+    extra = {"add_pooling_layer": False} if _has_pooler_arg(config.model_type) else {}
     try:
-        encoder = AutoModel.from_pretrained(ref.path, config=config, add_pooling_layer=False) \
-            if _has_pooler_arg(config.model_type) else AutoModel.from_pretrained(ref.path)
+        encoder = AutoModel.from_pretrained(ref.path, config=config, **extra)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load base model {ref.name!r} ({ref.path}): "
                          f"{str(exc).splitlines()[0]}") from exc

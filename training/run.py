@@ -26,6 +26,7 @@ from training.model import (
     HEAD_FILE,
     add_lora,
     build_classifier,
+    check_base_model,
     freeze_encoder,
     load_tokenizer,
     parameter_counts,
@@ -223,6 +224,7 @@ def run_train(cfg: TrainingConfig, *, data: str | None = None, run_id: str | Non
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     ref = resolve_base_model(cfg.model.base)
+    check_base_model(ref)
     tokenizer = load_tokenizer(ref)
     checked = prepare_data(cfg, data, ref, tokenizer)
     run_id = run_id or default_run_id()

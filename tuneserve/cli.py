@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Sequence
@@ -76,6 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except TuneserveError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: out of disk space ({exc}): free space and run again; the unfinished run "
+              "was removed", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: nothing of the unfinished run was kept", file=sys.stderr)

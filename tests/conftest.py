@@ -1,0 +1,100 @@
+"""Shared fixtures: a tiny random BERT with its tokenizer on disk, and small crafted datasets."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data" / "sst2"
+
+POSITIVE = ["good", "great", "lovely", "wonderful", "superb", "fine", "charming", "brilliant"]
+NEGATIVE = ["bad", "awful", "boring", "dull", "terrible", "poor", "ugly", "tedious"]
+NEUTRAL = ["the", "film", "movie", "was", "a", "story", "plot", "acting", "very", "quite",
+           "and", "it", "is", "this", "really"]
+
+
+def make_sentences(n: int, seed: int) -> list[tuple[str, int]]:
+    """Sentences whose label is carried by one sentiment word among neutral ones."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        words = rng.sample(NEUTRAL, rng.randint(2, 6))
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label else NEGATIVE))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_tsv(path: Path, rows: list[tuple[str, object]], header: str = "sentence\tlabel") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + "\n" + "".join(f"{t}\t{lab}\n" for t, lab in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random BERT (hidden 32) and a word-level WordPiece tokenizer, saved to disk."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *NEUTRAL,
+             *[f"w{i}" for i in range(40)]]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root
+
+
+@pytest.fixture
+def sentiment_dir(tmp_path: Path) -> Path:
+    """train/dev/test TSV files of crafted sentiment sentences."""
+    data = tmp_path / "data"
+    rows = make_sentences(260, seed=1)
+    write_tsv(data / "train.tsv", rows[:160])
+    write_tsv(data / "dev.tsv", rows[160:210])
+    write_tsv(data / "test.tsv", rows[210:])
+    return data
+
+
+@pytest.fixture
+def tiny_config_file(tmp_path: Path, tiny_bert: Path, sentiment_dir: Path) -> Path:
+    """A TOML config for a quick run on the tiny model and crafted data."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(f"""
+method = "lora"
+[data]
+source = "{sentiment_dir}"
+label_names = {{ "0" = "negative", "1" = "positive" }}
+[model]
+base = "{tiny_bert}"
+max_length = 32
+[head]
+learning_rate = 0.01
+epochs = 4
+[lora]
+learning_rate = 0.01
+epochs = 4
+r = 4
+alpha = 8
+init_b_nonzero = true
+[train]
+batch_size = 16
+evals_per_epoch = 1
+log_every_steps = 2
+patience = 0
+[output]
+root = "{tmp_path / 'artifacts'}"
+""")
+    return path
