@@ -16,8 +16,23 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "sst2"
 
 POSITIVE = ["good", "great", "lovely", "wonderful", "superb", "fine", "charming", "brilliant"]
 NEGATIVE = ["bad", "awful", "boring", "dull", "terrible", "poor", "ugly", "tedious"]
-NEUTRAL = ["the", "film", "movie", "was", "a", "story", "plot", "acting", "very", "quite",
-           "and", "it", "is", "this", "really"]
+NEUTRAL = [
+    "the",
+    "film",
+    "movie",
+    "was",
+    "a",
+    "story",
+    "plot",
+    "acting",
+    "very",
+    "quite",
+    "and",
+    "it",
+    "is",
+    "this",
+    "really",
+]
 
 
 def make_sentences(n: int, seed: int) -> list[tuple[str, int]]:
@@ -45,12 +60,27 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     root = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *NEUTRAL,
-             *[f"w{i}" for i in range(40)]]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *POSITIVE,
+        *NEGATIVE,
+        *NEUTRAL,
+        *[f"w{i}" for i in range(40)],
+    ]
     (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(root)
     tokenizer.save_pretrained(root)
@@ -95,6 +125,6 @@ evals_per_epoch = 1
 log_every_steps = 2
 patience = 0
 [output]
-root = "{tmp_path / 'artifacts'}"
+root = "{tmp_path / "artifacts"}"
 """)
     return path

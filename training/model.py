@@ -1,4 +1,4 @@
-"""The classifier: a pretrained encoder, a pooling step and a linear head; LoRA wraps the encoder."""
+"""The classifier: a pretrained encoder, pooling and a linear head; LoRA wraps the encoder."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ ADAPTER_DIR = "adapter"
 class TextClassifier(nn.Module):
     """encoder -> pooled vector -> dropout -> linear logits."""
 
-    def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, pooling: str,
-                 dropout: float) -> None:
+    def __init__(
+        self, encoder: nn.Module, hidden_size: int, num_labels: int, pooling: str, dropout: float
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
@@ -62,8 +63,10 @@ def load_tokenizer(ref: BaseModelRef) -> Any:
     try:
         return AutoTokenizer.from_pretrained(ref.path, use_fast=True)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a tokenizer from base model {ref.name!r} ({ref.path}): "
-                         f"{str(exc).splitlines()[0]}") from exc
+        raise ModelError(
+            f"cannot load a tokenizer from base model {ref.name!r} ({ref.path}): "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
 
 
 def check_base_model(ref: BaseModelRef) -> Any:
@@ -76,13 +79,16 @@ def check_base_model(ref: BaseModelRef) -> Any:
     try:
         config = AutoConfig.from_pretrained(ref.path)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read the config of base model {ref.name!r} ({ref.path}): "
-                         f"{str(exc).splitlines()[0]}") from exc
+        raise ModelError(
+            f"cannot read the config of base model {ref.name!r} ({ref.path}): "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
     if config.model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise ModelError(
             f"base model {ref.name!r} is a {config.model_type!r} model, which transformers "
             "cannot use as a sequence classifier: choose an encoder such as BERT, DistilBERT, "
-            "RoBERTa or MiniLM")
+            "RoBERTa or MiniLM"
+        )
     return config
 
 
@@ -95,8 +101,9 @@ def load_encoder(ref: BaseModelRef) -> tuple[nn.Module, Any]:
     try:
         encoder = AutoModel.from_pretrained(ref.path, config=config, **extra)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"cannot load base model {ref.name!r} ({ref.path}): "
-                         f"{str(exc).splitlines()[0]}") from exc
+        raise ModelError(
+            f"cannot load base model {ref.name!r} ({ref.path}): {str(exc).splitlines()[0]}"
+        ) from exc
     return encoder, config
 
 
@@ -107,8 +114,9 @@ def _has_pooler_arg(model_type: str) -> bool:
 def build_classifier(ref: BaseModelRef, cfg: ModelConfig, num_labels: int) -> TextClassifier:
     """A fresh classifier on the pretrained encoder."""
     encoder, config = load_encoder(ref)
-    return TextClassifier(encoder, config.hidden_size, num_labels, cfg.pooling,
-                          cfg.classifier_dropout)
+    return TextClassifier(
+        encoder, config.hidden_size, num_labels, cfg.pooling, cfg.classifier_dropout
+    )
 
 
 def linear_module_names(module: nn.Module) -> list[str]:
@@ -124,8 +132,10 @@ def resolve_lora_targets(model: TextClassifier, cfg: LoraConfig) -> list[str]:
     leaves = {n.rsplit(".", 1)[-1] for n in names}
     unknown = [t for t in cfg.target_modules if t not in leaves]
     if unknown:
-        raise ModelError(f"lora.target_modules names {unknown} that the encoder does not have "
-                         f"(linear layers: {', '.join(sorted(leaves))})")
+        raise ModelError(
+            f"lora.target_modules names {unknown} that the encoder does not have "
+            f"(linear layers: {', '.join(sorted(leaves))})"
+        )
     return list(cfg.target_modules)
 
 
@@ -133,8 +143,13 @@ def build_lora_config(cfg: LoraConfig, targets: list[str]) -> Any:
     """The one place a peft LoraConfig is built."""
     from peft import LoraConfig as PeftLoraConfig
 
-    return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          target_modules=target_regex(targets), bias="none")
+    return PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=target_regex(targets),
+        bias="none",
+    )
 
 
 def add_lora(model: TextClassifier, cfg: LoraConfig, seed: int) -> list[str]:
@@ -163,16 +178,21 @@ def parameter_counts(model: nn.Module) -> dict[str, int | float]:
     """Trainable and total parameters (LoRA weights counted once, base weights once)."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": trainable, "total": total,
-            "trainable_percent": round(100.0 * trainable / total, 4)}
+    return {
+        "trainable": trainable,
+        "total": total,
+        "trainable_percent": round(100.0 * trainable / total, 4),
+    }
 
 
 def save_head(model: TextClassifier, path: Path) -> None:
     """The classification layer as safetensors (keys ``weight`` and ``bias``)."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.classifier.state_dict().items()},
-              str(path))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.classifier.state_dict().items()},
+        str(path),
+    )
 
 
 def save_adapter(model: TextClassifier, directory: Path, base_name: str) -> None:
@@ -186,8 +206,9 @@ def save_adapter(model: TextClassifier, directory: Path, base_name: str) -> None
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-def load_trained(ref: BaseModelRef, cfg: ModelConfig, num_labels: int, run_dir: Path,
-                 has_adapter: bool) -> TextClassifier:
+def load_trained(
+    ref: BaseModelRef, cfg: ModelConfig, num_labels: int, run_dir: Path, has_adapter: bool
+) -> TextClassifier:
     """Rebuild a trained classifier from its run directory (for checks and tests)."""
     from peft import PeftModel
     from safetensors.torch import load_file

@@ -49,22 +49,30 @@ def default_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
-def read_raw_splits(cfg: TrainingConfig, data: str | None) -> tuple[RawSplit, RawSplit | None,
-                                                                     RawSplit]:
+def read_raw_splits(
+    cfg: TrainingConfig, data: str | None
+) -> tuple[RawSplit, RawSplit | None, RawSplit]:
     """Read train, dev (optional) and test from the resolved source."""
     d = cfg.data
     source = resolve_source(d.source, data)
     if is_hub_id(source):
+
         def hub(name: str, split: str | None) -> RawSplit | None:
-            return None if split is None else read_hub_split(
-                name, source, split, d.text_column, d.label_column)
+            return (
+                None
+                if split is None
+                else read_hub_split(name, source, split, d.text_column, d.label_column)
+            )
+
         train, dev, test = (hub(n, s) for n, s in _HUB_SPLITS.items())
         assert train is not None and test is not None
         return train, dev, test
     root = Path(source)
     if not root.exists():
-        raise DataError(f"data source {root} not found: pass --data DIR, set $TUNESERVE_DATA, "
-                        "or set data.source")
+        raise DataError(
+            f"data source {root} not found: pass --data DIR, set $TUNESERVE_DATA, "
+            "or set data.source"
+        )
 
     def local(name: str, file: str | None) -> RawSplit | None:
         if file is None:
@@ -86,8 +94,11 @@ def choose_device(cfg: TrainingConfig) -> tuple[torch.device, str]:
     device = torch.device("cuda" if cuda and want != "cpu" else "cpu")
     precision = cfg.train.precision
     if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") \
-            if device.type == "cuda" else "fp32"
+        precision = (
+            ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+            if device.type == "cuda"
+            else "fp32"
+        )
     return device, precision
 
 
@@ -113,8 +124,15 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
-def train_method(method: Method, cfg: TrainingConfig, ref: BaseModelRef, tokenizer: Any,
-                 data: checks.CheckedData, run_dir: Path, run_id: str) -> dict[str, Any]:
+def train_method(
+    method: Method,
+    cfg: TrainingConfig,
+    ref: BaseModelRef,
+    tokenizer: Any,
+    data: checks.CheckedData,
+    run_dir: Path,
+    run_id: str,
+) -> dict[str, Any]:
     """Train one method into ``run_dir`` and write its manifest last."""
     seed_everything(cfg.train.seed)
     device, precision = choose_device(cfg)
@@ -126,40 +144,72 @@ def train_method(method: Method, cfg: TrainingConfig, ref: BaseModelRef, tokeniz
         freeze_encoder(model)
     model.to(device)
     counts = parameter_counts(model)
-    log.info("%s: %d trainable of %d parameters (%.2f%%) on %s, %s", method, counts["trainable"],
-             counts["total"], counts["trainable_percent"], device, precision)
+    log.info(
+        "%s: %d trainable of %d parameters (%.2f%%) on %s, %s",
+        method,
+        counts["trainable"],
+        counts["total"],
+        counts["trainable_percent"],
+        device,
+        precision,
+    )
 
     max_len, pad = cfg.model.max_length, tokenizer.pad_token_id
-    enc = {s.name: encode_texts(tokenizer, s.texts, max_len)
-           for s in (data.train, data.dev, data.test)}
+    enc = {
+        s.name: encode_texts(tokenizer, s.texts, max_len) for s in (data.train, data.dev, data.test)
+    }
     optim = cfg.lora if method == "lora" else cfg.head
 
     def evaluate_dev() -> dict[str, float]:
-        probs = predict_proba(model, enc["dev"], cfg.train.eval_batch_size, pad, device,
-                              precision)
-        return headline(classification_metrics(data.dev.labels, probs.argmax(1).tolist(),
-                                               data.id2label))
+        probs = predict_proba(model, enc["dev"], cfg.train.eval_batch_size, pad, device, precision)
+        return headline(
+            classification_metrics(data.dev.labels, probs.argmax(1).tolist(), data.id2label)
+        )
 
-    result = train_loop(model, enc["train"], data.train.labels, evaluate_dev, optim, cfg.train,
-                        pad, device, precision)
+    result = train_loop(
+        model,
+        enc["train"],
+        data.train.labels,
+        evaluate_dev,
+        optim,
+        cfg.train,
+        pad,
+        device,
+        precision,
+    )
     probs = predict_proba(model, enc["test"], cfg.train.eval_batch_size, pad, device, precision)
     preds = probs.argmax(1).tolist()
     test_metrics = classification_metrics(data.test.labels, preds, data.id2label)
     train_only = max(result.seconds - result.eval_seconds, 1e-9)
-    speed = {"wall_seconds": round(result.seconds, 2),
-             "dev_eval_seconds": round(result.eval_seconds, 2),
-             "examples_seen": result.examples_seen,
-             "examples_per_second": round(result.examples_seen / train_only, 2),
-             "steps": result.steps, "stopped_early": result.stopped_early,
-             "best_step": result.best_step, "device": str(device), "precision": precision,
-             "torch_threads": torch.get_num_threads(), **peak_memory_mb(device)}
-    metrics = {"test": test_metrics, "dev_best": result.best_metrics, "training": speed,
-               "parameters": counts}
+    speed = {
+        "wall_seconds": round(result.seconds, 2),
+        "dev_eval_seconds": round(result.eval_seconds, 2),
+        "examples_seen": result.examples_seen,
+        "examples_per_second": round(result.examples_seen / train_only, 2),
+        "steps": result.steps,
+        "stopped_early": result.stopped_early,
+        "best_step": result.best_step,
+        "device": str(device),
+        "precision": precision,
+        "torch_threads": torch.get_num_threads(),
+        **peak_memory_mb(device),
+    }
+    metrics = {
+        "test": test_metrics,
+        "dev_best": result.best_metrics,
+        "training": speed,
+        "parameters": counts,
+    }
 
-    artifacts = {"head": HEAD_FILE, "tokenizer_config": "tokenizer/tokenizer_config.json",
-                 "metrics": "metrics.json", "training_log": "training_log.json",
-                 "data_report": "data_report.json", "curves": "curves.png",
-                 "test_predictions": "test_predictions.jsonl"}
+    artifacts = {
+        "head": HEAD_FILE,
+        "tokenizer_config": "tokenizer/tokenizer_config.json",
+        "metrics": "metrics.json",
+        "training_log": "training_log.json",
+        "data_report": "data_report.json",
+        "curves": "curves.png",
+        "test_predictions": "test_predictions.jsonl",
+    }
     save_head(model, run_dir / HEAD_FILE)
     if method == "lora":
         save_adapter(model, run_dir / ADAPTER_DIR, ref.name)
@@ -174,19 +224,39 @@ def train_method(method: Method, cfg: TrainingConfig, ref: BaseModelRef, tokeniz
     _dump(run_dir / "data_report.json", data.report)
     with open(run_dir / "test_predictions.jsonl", "w", encoding="utf-8") as handle:
         for i, (label, pred) in enumerate(zip(data.test.labels, preds, strict=True)):
-            handle.write(json.dumps({"index": i, "label": label, "pred": pred,
-                                     "scores": [round(float(p), 6) for p in probs[i]]}) + "\n")
-    plot_curves(result.log, cfg.train.select_metric, run_dir / "curves.png",
-                f"{run_id}: {method} on {ref.name}")
+            handle.write(
+                json.dumps(
+                    {
+                        "index": i,
+                        "label": label,
+                        "pred": pred,
+                        "scores": [round(float(p), 6) for p in probs[i]],
+                    }
+                )
+                + "\n"
+            )
+    plot_curves(
+        result.log,
+        cfg.train.select_metric,
+        run_dir / "curves.png",
+        f"{run_id}: {method} on {ref.name}",
+    )
 
     details = {
         "method": method,
         "base_model": {"name": ref.name, "source": ref.source, "fingerprint": ref.fingerprint()},
-        "model": {"pooling": cfg.model.pooling, "max_length": max_len,
-                  "num_labels": len(data.id2label), "hidden_size": model.classifier.in_features,
-                  "head_file": HEAD_FILE, "adapter_dir": ADAPTER_DIR if method == "lora" else None,
-                  "lora_targets": targets, "model_input_names": list(enc["test"][0]) if enc[
-                      "test"] else list(tokenizer.model_input_names)},
+        "model": {
+            "pooling": cfg.model.pooling,
+            "max_length": max_len,
+            "num_labels": len(data.id2label),
+            "hidden_size": model.classifier.in_features,
+            "head_file": HEAD_FILE,
+            "adapter_dir": ADAPTER_DIR if method == "lora" else None,
+            "lora_targets": targets,
+            "model_input_names": list(enc["test"][0])
+            if enc["test"]
+            else list(tokenizer.model_input_names),
+        },
         "id2label": {str(i): name for i, name in data.id2label.items()},
         "label2id": {name: i for i, name in data.id2label.items()},
         "raw_labels": data.label_keys,
@@ -195,11 +265,19 @@ def train_method(method: Method, cfg: TrainingConfig, ref: BaseModelRef, tokeniz
     }
     effective = cfg.model_copy(update={"method": method}).model_dump(mode="json")
     manifest = build_manifest(
-        stage="train", run_id=run_id, run_dir=run_dir, config=effective, artifacts=artifacts,
+        stage="train",
+        run_id=run_id,
+        run_dir=run_dir,
+        config=effective,
+        artifacts=artifacts,
         metrics={"test_" + k: v for k, v in headline(test_metrics).items()}
-        | {"examples_per_second": speed["examples_per_second"],
-           "trainable_percent": counts["trainable_percent"]},
-        libraries=LIBRARIES, details=details)
+        | {
+            "examples_per_second": speed["examples_per_second"],
+            "trainable_percent": counts["trainable_percent"],
+        },
+        libraries=LIBRARIES,
+        details=details,
+    )
     write_manifest(run_dir, manifest)
     return metrics
 
@@ -208,18 +286,31 @@ def _dump(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 
-def prepare_data(cfg: TrainingConfig, data: str | None, ref: BaseModelRef,
-                 tokenizer: Any) -> checks.CheckedData:
+def prepare_data(
+    cfg: TrainingConfig, data: str | None, ref: BaseModelRef, tokenizer: Any
+) -> checks.CheckedData:
     """Read the splits and run the data checks, printing the summary."""
     train, dev, test = read_raw_splits(cfg, data)
-    checked = checks.check_data(cfg.data, train, dev, test, checks.token_lengths_from(tokenizer),
-                                cfg.model.max_length, cfg.train.seed)
+    checked = checks.check_data(
+        cfg.data,
+        train,
+        dev,
+        test,
+        checks.token_lengths_from(tokenizer),
+        cfg.model.max_length,
+        cfg.train.seed,
+    )
     print("\n".join(checks.summary_lines(checked.report)))
     return checked
 
 
-def run_train(cfg: TrainingConfig, *, data: str | None = None, run_id: str | None = None,
-              overwrite: bool = False) -> list[Path]:
+def run_train(
+    cfg: TrainingConfig,
+    *,
+    data: str | None = None,
+    run_id: str | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
     """Train every configured method; with both, write the comparison too. Returns run dirs."""
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -237,15 +328,18 @@ def run_train(cfg: TrainingConfig, *, data: str | None = None, run_id: str | Non
             metrics = train_method(method, cfg, ref, tokenizer, checked, staging, name)
         done.append(root / name)
         test = metrics["test"]
-        print(f"{method}: test accuracy {test['accuracy']:.4f}, macro F1 {test['f1_macro']:.4f}"
-              f" ({time.perf_counter() - started:.0f} s) -> {root / name}")
+        print(
+            f"{method}: test accuracy {test['accuracy']:.4f}, macro F1 {test['f1_macro']:.4f}"
+            f" ({time.perf_counter() - started:.0f} s) -> {root / name}"
+        )
     if len(done) == 2:
         write_comparison(done[0], done[1], Path(cfg.output.root) / "compare", run_id, overwrite)
     return done
 
 
-def write_comparison(run_a: Path, run_b: Path, root: Path, run_id: str,
-                     overwrite: bool = False) -> Path:
+def write_comparison(
+    run_a: Path, run_b: Path, root: Path, run_id: str, overwrite: bool = False
+) -> Path:
     """Compare two runs into ROOT/run_id/ (compare.json, compare.md, manifest) and print it."""
     result = compare.compare_runs(run_a, run_b)
     markdown = compare.to_markdown(result)
@@ -253,10 +347,15 @@ def write_comparison(run_a: Path, run_b: Path, root: Path, run_id: str,
         _dump(staging / "compare.json", result)
         (staging / "compare.md").write_text(markdown, encoding="utf-8")
         manifest = build_manifest(
-            stage="compare", run_id=run_id, run_dir=staging, config={},
+            stage="compare",
+            run_id=run_id,
+            run_dir=staging,
+            config={},
             artifacts={"compare_json": "compare.json", "compare_md": "compare.md"},
             inputs=[input_entry("run_a", run_a), input_entry("run_b", run_b)],
-            metrics={"mcnemar_p": result["mcnemar"]["p_value"]}, libraries=("scipy",))
+            metrics={"mcnemar_p": result["mcnemar"]["p_value"]},
+            libraries=("scipy",),
+        )
         write_manifest(staging, manifest)
     print(markdown)
     print(f"comparison -> {root / run_id}")

@@ -14,8 +14,14 @@ _STYLES: dict[str, tuple[str, ...]] = {
     "deberta": ("query_proj", "key_proj", "value_proj", "dense"),
 }
 _MODEL_TYPES = {
-    "bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert",
-    "electra": "bert", "mpnet": "bert", "distilbert": "distilbert", "deberta": "deberta",
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "camembert": "bert",
+    "electra": "bert",
+    "mpnet": "bert",
+    "distilbert": "distilbert",
+    "deberta": "deberta",
     "deberta-v2": "deberta",
 }
 
@@ -35,10 +41,11 @@ def detect_lora_targets(model_type: str, linear_names: Iterable[str]) -> list[st
             return found
     raise ModelError(
         f"cannot detect LoRA targets for model type {model_type!r} (linear layers: "
-        f"{', '.join(sorted(leaves)) or 'none'}): set lora.target_modules to the projection names")
+        f"{', '.join(sorted(leaves)) or 'none'}): set lora.target_modules to the projection names"
+    )
 
 
 def target_regex(targets: Iterable[str]) -> str:
-    """A peft target_modules regex that matches the targets inside the encoder but not the pooler."""
+    """A peft target_modules regex matching the targets inside the encoder, never the pooler."""
     alternatives = "|".join(sorted(set(targets)))
     return rf"^(?!.*pooler).*\.({alternatives})$"

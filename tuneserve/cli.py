@@ -31,30 +31,46 @@ def _train(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from training.run import default_run_id, write_comparison
 
-    write_comparison(Path(args.run_a), Path(args.run_b), Path(args.out),
-                     args.run_id or default_run_id(), overwrite=args.overwrite)
+    write_comparison(
+        Path(args.run_a),
+        Path(args.run_b),
+        Path(args.out),
+        args.run_id or default_run_id(),
+        overwrite=args.overwrite,
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tuneserve",
-        description="Fine-tune, export and serve transformer text classifiers.")
+        prog="tuneserve", description="Fine-tune, export and serve transformer text classifiers."
+    )
     parser.add_argument("--version", action="version", version=f"tuneserve {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="check the data, train baseline and/or LoRA, evaluate")
     train.add_argument("--config", help="TOML or YAML config (defaults apply without one)")
-    train.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE", help="override a config value, e.g. lora.r=8")
-    train.add_argument("--method", choices=["head", "lora", "both"],
-                       help="head (baseline), lora, or both then compare")
-    train.add_argument("--data", help="data directory (overrides $TUNESERVE_DATA and "
-                       "data.source)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. lora.r=8",
+    )
+    train.add_argument(
+        "--method",
+        choices=["head", "lora", "both"],
+        help="head (baseline), lora, or both then compare",
+    )
+    train.add_argument("--data", help="data directory (overrides $TUNESERVE_DATA and data.source)")
     train.add_argument("--run-id", help="run name; directories are RUN_ID-METHOD")
-    train.add_argument("--overwrite", action="store_true",
-                       help="replace runs of the same id (only once the new run finishes)")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace runs of the same id (only once the new run finishes)",
+    )
     train.set_defaults(handler=_train)
 
     cmp = sub.add_parser("compare", help="compare two train runs (baseline first)")
@@ -81,8 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(f"error: out of disk space ({exc}): free space and run again; the unfinished run "
-              "was removed", file=sys.stderr)
+        print(
+            f"error: out of disk space ({exc}): free space and run again; the unfinished run "
+            "was removed",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("interrupted: nothing of the unfinished run was kept", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Config models: frozen pydantic, unknown keys rejected, loaded from TOML or YAML plus overrides."""
+"""Config models: frozen pydantic, unknown keys rejected, from TOML or YAML plus overrides."""
 
 from __future__ import annotations
 
@@ -95,9 +95,7 @@ def validate_config(cls: type[C], data: Mapping[str, Any], origin: str = "config
         raise ConfigError(f"invalid {origin}: {format_validation_error(exc)}") from exc
 
 
-def load_config(
-    cls: type[C], path: str | Path | None, overrides: Sequence[str] = ()
-) -> C:
+def load_config(cls: type[C], path: str | Path | None, overrides: Sequence[str] = ()) -> C:
     """Load ``cls`` from a file (or defaults when ``path`` is None) with ``--set`` overrides."""
     data = read_config_file(path) if path is not None else {}
     return validate_config(cls, apply_overrides(data, overrides), origin=str(path or "config"))

@@ -1,4 +1,4 @@
-"""Dataset reading: TSV, CSV, JSONL or Parquet files with configurable columns, or a hub dataset id."""
+"""Dataset reading: TSV, CSV, JSONL or Parquet with configurable columns, or a hub dataset."""
 
 from __future__ import annotations
 
@@ -34,8 +34,15 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     if fmt != "auto":
         return fmt
     suffix = path.suffix.lower().lstrip(".")
-    guessed = {"tsv": "tsv", "tab": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "jsonl",
-               "parquet": "parquet", "pq": "parquet"}.get(suffix)
+    guessed = {
+        "tsv": "tsv",
+        "tab": "tsv",
+        "csv": "csv",
+        "jsonl": "jsonl",
+        "json": "jsonl",
+        "parquet": "parquet",
+        "pq": "parquet",
+    }.get(suffix)
     if guessed is None:
         raise DataError(
             f"cannot tell the format of {path} from its suffix: set data.format to one of "
@@ -72,8 +79,10 @@ def read_split(
 def _read_delimited(path: Path, delimiter: str) -> tuple[list[dict[str, Any]], list[str]]:
     with open(path, encoding="utf-8", newline="") as handle:
         # TSV files such as GLUE's are written without quoting; quotes are part of the text.
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
+        if delimiter == "\t":
+            reader = csv.DictReader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE)
+        else:
+            reader = csv.DictReader(handle, delimiter=delimiter)
         rows = list(reader)
         return rows, list(reader.fieldnames or [])
 
@@ -120,7 +129,7 @@ _READERS = {"tsv": _read_tsv, "csv": _read_csv, "jsonl": _read_jsonl, "parquet":
 
 
 def is_hub_id(source: str) -> bool:
-    """A source of the form ``hub:name[:subset]`` (``hub:nyu-mll/glue:sst2``) names a hub dataset."""
+    """A source ``hub:name[:subset]`` (such as ``hub:nyu-mll/glue:sst2``) names a hub dataset."""
     return source.startswith(HUB_PREFIX)
 
 
@@ -139,7 +148,7 @@ def read_hub_split(
             "(HF_HUB_OFFLINE=1): pass a local directory with --data or $TUNESERVE_DATA"
         )
     try:
-        import datasets  # type: ignore[import-not-found]
+        import datasets
     except ImportError as exc:
         raise DataError(
             f"data source {hub_id!r} is a hub dataset, which needs the `datasets` package "
@@ -157,4 +166,3 @@ def read_hub_split(
         if column not in ds.column_names:
             raise DataError(f"hub dataset {hub_id!r} has no column {column!r}")
     return RawSplit(name, list(ds[text_column]), list(ds[label_column]), f"{hub_id}:{split}")
-

@@ -1,4 +1,4 @@
-"""The error hierarchy: every expected failure is a TuneserveError with a message that says the fix."""
+"""The error hierarchy: each expected failure is a TuneserveError whose message says the fix."""
 
 from __future__ import annotations
 

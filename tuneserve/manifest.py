@@ -1,4 +1,4 @@
-"""The manifest contract: written last and atomically; read back validated with every hash checked."""
+"""The manifest contract: written last and atomically; read back validated, every hash checked."""
 
 from __future__ import annotations
 
@@ -110,6 +110,7 @@ def build_manifest(
 ) -> Manifest:
     """Hash every artifact (role -> relative path) and assemble the manifest."""
     return Manifest(
+        schema_version=SCHEMA_VERSION,
         stage=stage,
         run_id=run_id,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -147,9 +148,7 @@ def write_manifest(run_dir: Path, manifest: Manifest) -> Path:
     return path
 
 
-def read_manifest(
-    run_dir: str | Path, stage: str | None = None, verify: bool = True
-) -> Manifest:
+def read_manifest(run_dir: str | Path, stage: str | None = None, verify: bool = True) -> Manifest:
     """Read and validate ``run_dir/manifest.json``; check the stage and every artifact's sha256."""
     run_dir = Path(run_dir)
     path = run_dir / MANIFEST_NAME

@@ -40,12 +40,14 @@ class BaseModelRef:
 
 
 def resolve_base_model(name: str) -> BaseModelRef:
-    """Resolve ``name``: a directory, then an installed package with a ``model/`` folder, then hub."""
+    """Resolve ``name``: a directory, an installed package with a ``model/`` folder, or a hub id."""
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"base model directory {path} has no config.json: point at a "
-                             "directory written by save_pretrained")
+            raise ModelError(
+                f"base model directory {path} has no config.json: point at a "
+                "directory written by save_pretrained"
+            )
         return BaseModelRef(name=name, path=str(path.resolve()), source="directory")
     module = name.replace("-", "_")
     if module.isidentifier():

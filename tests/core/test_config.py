@@ -13,7 +13,10 @@ from tuneserve.errors import ConfigError
     ("override", "message"),
     [
         ("lora.r=0", "lora.r: r must be positive, got 0"),
-        ("lora.learning_rate=1.5", "lora.learning_rate: learning_rate must be in \\(0, 1\\), got 1.5"),
+        (
+            "lora.learning_rate=1.5",
+            "lora.learning_rate: learning_rate must be in \\(0, 1\\), got 1.5",
+        ),
         ("head.learning_rate=0", "head.learning_rate: learning_rate must be in \\(0, 1\\), got 0"),
         ("lora.epochs=0", "lora.epochs: epochs must be positive, got 0"),
         ("lora.dropout=1", "lora.dropout: dropout must be in \\[0, 1\\), got 1"),
@@ -62,8 +65,11 @@ def test_load_toml_and_yaml_with_overrides(tmp_path: Path, suffix: str) -> None:
         path.write_text('method = "head"\n[lora]\nr = 8\n')
     else:
         path.write_text("method: head\nlora:\n  r: 8\n")
-    cfg = load_config(TrainingConfig, path, ["lora.alpha=4", "lora.target_modules=[query,value]",
-                                             "lora.learning_rate=5e-4"])
+    cfg = load_config(
+        TrainingConfig,
+        path,
+        ["lora.alpha=4", "lora.target_modules=[query,value]", "lora.learning_rate=5e-4"],
+    )
     assert cfg.method == "head"
     assert cfg.lora.r == 8
     assert cfg.lora.alpha == 4

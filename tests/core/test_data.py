@@ -27,8 +27,9 @@ def _write(path: Path, fmt: str) -> Path:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.table({"text": [t for t, _ in ROWS], "lab": [lab for _, lab in ROWS]}),
-                       path)
+        pq.write_table(
+            pa.table({"text": [t for t, _ in ROWS], "lab": [lab for _, lab in ROWS]}), path
+        )
     return path
 
 

@@ -22,9 +22,14 @@ def _finish(run_dir: Path, run_id: str = "r1", text: str = "weights") -> None:
     (run_dir / "model.bin").write_text(text)
     (run_dir / "sub").mkdir(exist_ok=True)
     (run_dir / "sub" / "a.json").write_text("{}")
-    manifest = build_manifest(stage="train", run_id=run_id, run_dir=run_dir, config={"x": 1},
-                              artifacts={"model": "model.bin", "extra": "sub/a.json"},
-                              metrics={"accuracy": 0.5})
+    manifest = build_manifest(
+        stage="train",
+        run_id=run_id,
+        run_dir=run_dir,
+        config={"x": 1},
+        artifacts={"model": "model.bin", "extra": "sub/a.json"},
+        metrics={"accuracy": 0.5},
+    )
     write_manifest(run_dir, manifest)
 
 
@@ -82,8 +87,10 @@ def test_failed_stage_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_stage_without_manifest_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ManifestError, match="without writing manifest.json"), \
-            run_directory(tmp_path, "r1") as staging:
+    with (
+        pytest.raises(ManifestError, match="without writing manifest.json"),
+        run_directory(tmp_path, "r1") as staging,
+    ):
         (staging / "model.bin").write_text("x")
     assert list(tmp_path.iterdir()) == []
 

@@ -24,15 +24,17 @@ def _run(config: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
     return lines[0]
 
 
-def test_missing_data_file(tiny_config_file: Path, sentiment_dir: Path,
-                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_data_file(
+    tiny_config_file: Path, sentiment_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (sentiment_dir / "test.tsv").unlink()
     line = _run(tiny_config_file, capsys)
     assert "test split file" in line and "not found" in line
 
 
-def test_missing_data_directory(tiny_config_file: Path, tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_data_directory(
+    tiny_config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     line = _run(tiny_config_file, capsys, "--data", str(tmp_path / "nowhere"))
     assert "pass --data DIR" in line
 
@@ -42,29 +44,32 @@ def test_missing_column(tiny_config_file: Path, capsys: pytest.CaptureFixture[st
     assert "has no column 'review' (columns: sentence, label)" in line
 
 
-def test_unknown_label_in_eval_split(tiny_config_file: Path, sentiment_dir: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_label_in_eval_split(
+    tiny_config_file: Path, sentiment_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     write_tsv(sentiment_dir / "dev.tsv", [("good film", 1), ("odd film", "neutral")])
     line = _run(tiny_config_file, capsys)
     assert "dev split has label 'neutral'" in line
 
 
-def test_empty_after_cleaning(tiny_config_file: Path, sentiment_dir: Path,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_after_cleaning(
+    tiny_config_file: Path, sentiment_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     write_tsv(sentiment_dir / "train.tsv", [("   ", 1), ("", 0)])
     line = _run(tiny_config_file, capsys)
     assert "empty after cleaning" in line
 
 
-def test_base_model_not_a_sequence_classifier(tiny_config_file: Path, tiny_bert: Path,
-                                              tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_base_model_not_a_sequence_classifier(
+    tiny_config_file: Path, tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from transformers import ViTConfig
 
     vision = tmp_path / "vit"
     shutil.copytree(tiny_bert, vision)
-    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-              intermediate_size=16).save_pretrained(vision)
+    ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16
+    ).save_pretrained(vision)
     line = _run(tiny_config_file, capsys, "--set", f'model.base="{vision}"')
     assert "is a 'vit' model, which transformers cannot use as a sequence classifier" in line
 
@@ -81,8 +86,9 @@ def test_invalid_config_value(tiny_config_file: Path, capsys: pytest.CaptureFixt
     assert "lora.r: r must be positive, got 0" in line
 
 
-def test_existing_run_is_not_overwritten(tiny_config_file: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_run_is_not_overwritten(
+    tiny_config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tiny_config_file.parent / "artifacts" / "train" / "bad-lora"
     run.mkdir(parents=True)
     (run / "keep.txt").write_text("mine")
@@ -92,17 +98,18 @@ def test_existing_run_is_not_overwritten(tiny_config_file: Path,
     assert (run / "keep.txt").read_text() == "mine"
 
 
-def test_interrupted_training_leaves_no_run(tiny_config_file: Path,
-                                            monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_interrupted_training_leaves_no_run(
+    tiny_config_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import training.run
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(training.run, "plot_curves", interrupted)
-    code = main(["train", "--config", str(tiny_config_file), "--run-id", "bad",
-                 "--set", "lora.epochs=1"])
+    code = main(
+        ["train", "--config", str(tiny_config_file), "--run-id", "bad", "--set", "lora.epochs=1"]
+    )
     assert code == 130
     assert "interrupted" in capsys.readouterr().err
     train_root = tiny_config_file.parent / "artifacts" / "train"

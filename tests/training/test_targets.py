@@ -20,14 +20,28 @@ def _tiny(model_type: str):  # type: ignore[no-untyped-def]
     )
 
     if model_type == "bert":
-        return BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                    intermediate_size=20, vocab_size=50))
+        return BertModel(
+            BertConfig(
+                hidden_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=20,
+                vocab_size=50,
+            )
+        )
     if model_type == "roberta":
-        return RobertaModel(RobertaConfig(hidden_size=16, num_hidden_layers=1,
-                                          num_attention_heads=2, intermediate_size=20,
-                                          vocab_size=50))
-    return DistilBertModel(DistilBertConfig(dim=16, n_layers=1, n_heads=2, hidden_dim=20,
-                                            vocab_size=50))
+        return RobertaModel(
+            RobertaConfig(
+                hidden_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=20,
+                vocab_size=50,
+            )
+        )
+    return DistilBertModel(
+        DistilBertConfig(dim=16, n_layers=1, n_heads=2, hidden_dim=20, vocab_size=50)
+    )
 
 
 @pytest.mark.parametrize(

@@ -8,16 +8,24 @@ import pytest
 import torch
 
 from tests.conftest import make_sentences, write_tsv
+from training.config import TrainingConfig
 from training.model import load_trained
 from training.run import run_train
 from tuneserve.cli import main
 from tuneserve.config import load_config
 from tuneserve.manifest import read_manifest
 from tuneserve.models import resolve_base_model
-from training.config import TrainingConfig
 
-TRAIN_FILES = {"head.safetensors", "metrics.json", "training_log.json", "data_report.json",
-               "curves.png", "test_predictions.jsonl", "manifest.json", "tokenizer"}
+TRAIN_FILES = {
+    "head.safetensors",
+    "metrics.json",
+    "training_log.json",
+    "data_report.json",
+    "curves.png",
+    "test_predictions.jsonl",
+    "manifest.json",
+    "tokenizer",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +37,24 @@ def both_runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> dict
     write_tsv(data / "train.tsv", rows[:200])
     write_tsv(data / "dev.tsv", rows[200:250])
     write_tsv(data / "test.tsv", rows[250:])
-    overrides = [f"data.source={json.dumps(str(data))}", f"model.base={json.dumps(str(tiny_bert))}",
-                 "model.max_length=32", "head.learning_rate=0.1", "head.epochs=4",
-                 "lora.learning_rate=0.01", "lora.epochs=4", "lora.r=4", "lora.alpha=8",
-                 "lora.init_b_nonzero=true", "train.batch_size=16", "train.evals_per_epoch=1",
-                 "train.log_every_steps=2", "train.patience=0",
-                 f"output.root={json.dumps(str(tmp / 'artifacts'))}",
-                 'data.label_names={"0" = "negative", "1" = "positive"}']
+    overrides = [
+        f"data.source={json.dumps(str(data))}",
+        f"model.base={json.dumps(str(tiny_bert))}",
+        "model.max_length=32",
+        "head.learning_rate=0.1",
+        "head.epochs=4",
+        "lora.learning_rate=0.01",
+        "lora.epochs=4",
+        "lora.r=4",
+        "lora.alpha=8",
+        "lora.init_b_nonzero=true",
+        "train.batch_size=16",
+        "train.evals_per_epoch=1",
+        "train.log_every_steps=2",
+        "train.patience=0",
+        f"output.root={json.dumps(str(tmp / 'artifacts'))}",
+        'data.label_names={"0" = "negative", "1" = "positive"}',
+    ]
     cfg = load_config(TrainingConfig, None, [*overrides, "method=both"])
     head, lora = run_train(cfg, run_id="t")
     return {"head": head, "lora": lora, "root": tmp / "artifacts"}
@@ -44,7 +63,7 @@ def both_runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> dict
 def test_every_artifact_is_written_and_hashed(both_runs: dict[str, Path]) -> None:
     for method in ("head", "lora"):
         run = both_runs[method]
-        assert TRAIN_FILES <= {p.name for p in run.iterdir()}
+        assert {p.name for p in run.iterdir()} >= TRAIN_FILES
         manifest = read_manifest(run, stage="train")  # verifies every sha256
         assert manifest.details["method"] == method
         assert manifest.details["id2label"] == {"0": "negative", "1": "positive"}
@@ -62,8 +81,9 @@ def test_every_artifact_is_written_and_hashed(both_runs: dict[str, Path]) -> Non
     adapter = both_runs["lora"] / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file()
     config = json.loads((adapter / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str(read_manifest(both_runs["lora"]).details[
-        "base_model"]["name"])
+    assert config["base_model_name_or_path"] == str(
+        read_manifest(both_runs["lora"]).details["base_model"]["name"]
+    )
     assert not (both_runs["head"] / "adapter").exists()
 
 
@@ -85,8 +105,9 @@ def test_lora_trains_few_parameters(both_runs: dict[str, Path]) -> None:
     assert head["trainable"] == 32 * 2 + 2  # hidden 32, two labels: only the head
 
 
-def test_saved_model_reproduces_recorded_predictions(both_runs: dict[str, Path],
-                                                      tiny_bert: Path) -> None:
+def test_saved_model_reproduces_recorded_predictions(
+    both_runs: dict[str, Path], tiny_bert: Path
+) -> None:
     from transformers import AutoTokenizer
 
     from training.loop import encode_texts, predict_proba
@@ -96,10 +117,13 @@ def test_saved_model_reproduces_recorded_predictions(both_runs: dict[str, Path],
     cfg = TrainingConfig.model_validate(manifest.config)
     model = load_trained(resolve_base_model(str(tiny_bert)), cfg.model, 2, run, has_adapter=True)
     tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
-    texts = [line.split("\t")[0] for line in
-             (Path(cfg.data.source) / "test.tsv").read_text().splitlines()[1:]]
-    probs = predict_proba(model, encode_texts(tokenizer, texts, 32), 16,
-                          tokenizer.pad_token_id, torch.device("cpu"))
+    texts = [
+        line.split("\t")[0]
+        for line in (Path(cfg.data.source) / "test.tsv").read_text().splitlines()[1:]
+    ]
+    probs = predict_proba(
+        model, encode_texts(tokenizer, texts, 32), 16, tokenizer.pad_token_id, torch.device("cpu")
+    )
     recorded = [json.loads(x) for x in (run / "test_predictions.jsonl").read_text().splitlines()]
     assert [r["pred"] for r in recorded] == probs.argmax(1).tolist()
     assert max(abs(r["scores"][1] - p[1]) for r, p in zip(recorded, probs, strict=True)) < 1e-4
@@ -114,16 +138,27 @@ def test_lora_b_nonzero_changes_the_encoder(tiny_bert: Path) -> None:
     adapted = build_classifier(ref, ModelConfig(base=str(tiny_bert)), 2).eval()
     adapted.classifier.load_state_dict(plain.classifier.state_dict())
     add_lora(adapted, LoraConfig(r=4, init_b_nonzero=True), seed=0)
-    batch = {"input_ids": torch.tensor([[2, 5, 6, 3]]), "attention_mask": torch.ones(1, 4,
-                                                                                      dtype=torch.long)}
+    batch = {
+        "input_ids": torch.tensor([[2, 5, 6, 3]]),
+        "attention_mask": torch.ones(1, 4, dtype=torch.long),
+    }
     with torch.no_grad():
         assert not torch.allclose(plain(**batch), adapted(**batch), atol=1e-6)
 
 
 def test_compare_command(both_runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     out = both_runs["root"] / "cmp"
-    code = main(["compare", str(both_runs["head"]), str(both_runs["lora"]), "--out", str(out),
-                 "--run-id", "x"])
+    code = main(
+        [
+            "compare",
+            str(both_runs["head"]),
+            str(both_runs["lora"]),
+            "--out",
+            str(out),
+            "--run-id",
+            "x",
+        ]
+    )
     assert code == 0
     result = json.loads((out / "x" / "compare.json").read_text())
     names = [r["metric"] for r in result["metrics"]]
@@ -153,8 +188,9 @@ def test_mcnemar_matches_statsmodels_style_exact_test() -> None:
     assert result["chi2_corrected"] == pytest.approx((25 - 1) ** 2 / 35)
 
 
-def test_compare_refuses_different_test_splits(both_runs: dict[str, Path], tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_refuses_different_test_splits(
+    both_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     other = tmp_path / "other"
     shutil.copytree(both_runs["lora"], other)
     manifest = json.loads((other / "manifest.json").read_text())
