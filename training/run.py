@@ -35,7 +35,13 @@ from training.model import (
 )
 from tuneserve.data import RawSplit, is_hub_id, read_hub_split, read_split, resolve_source
 from tuneserve.errors import DataError
-from tuneserve.manifest import build_manifest, input_entry, run_directory, write_manifest
+from tuneserve.manifest import (
+    build_manifest,
+    input_entry,
+    run_directory,
+    sha256_file,
+    write_manifest,
+)
 from tuneserve.models import BaseModelRef, resolve_base_model
 
 log = logging.getLogger(__name__)
@@ -261,7 +267,7 @@ def train_method(
         "label2id": {name: i for i, name in data.id2label.items()},
         "raw_labels": data.label_keys,
         "test_fingerprint": fingerprint(data.test.texts, data.test.labels),
-        "data_source": data.report["splits"]["train"].get("source"),
+        "data_files": data_files(data.report),
     }
     effective = cfg.model_copy(update={"method": method}).model_dump(mode="json")
     manifest = build_manifest(
@@ -280,6 +286,18 @@ def train_method(
     )
     write_manifest(run_dir, manifest)
     return metrics
+
+
+def data_files(report: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Each split's source file and its sha256 (hub splits carry their id only)."""
+    files = {}
+    for name, stats in report["splits"].items():
+        source = stats.get("source", "")
+        if Path(source).is_file():
+            files[name] = {"path": source, "sha256": sha256_file(source)}
+        elif source:
+            files[name] = {"path": source}
+    return files
 
 
 def _dump(path: Path, payload: Any) -> None:

@@ -13,7 +13,7 @@ from training.model import load_trained
 from training.run import run_train
 from tuneserve.cli import main
 from tuneserve.config import load_config
-from tuneserve.manifest import read_manifest
+from tuneserve.manifest import read_manifest, sha256_file
 from tuneserve.models import resolve_base_model
 
 TRAIN_FILES = {
@@ -68,6 +68,9 @@ def test_every_artifact_is_written_and_hashed(both_runs: dict[str, Path]) -> Non
         assert manifest.details["method"] == method
         assert manifest.details["id2label"] == {"0": "negative", "1": "positive"}
         assert manifest.details["base_model"]["fingerprint"]
+        files = manifest.details["data_files"]
+        assert set(files) == {"train", "dev", "test"}
+        assert files["test"]["sha256"] == sha256_file(files["test"]["path"])
         assert manifest.config["method"] == method
         assert "torch" in manifest.libraries
         metrics = json.loads((run / "metrics.json").read_text())
