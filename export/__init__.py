@@ -1,1 +1,1 @@
-"""The export stage (merge, ONNX, optimise, quantise, validate): not built yet, see issue 3."""
+"""The export stage: merge LoRA, export ONNX, optimise, quantise, gate on parity, benchmark."""

@@ -209,7 +209,6 @@ def train_method(
 
     artifacts = {
         "head": HEAD_FILE,
-        "tokenizer_config": "tokenizer/tokenizer_config.json",
         "metrics": "metrics.json",
         "training_log": "training_log.json",
         "data_report": "data_report.json",
@@ -224,7 +223,10 @@ def train_method(
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     for name in sorted(os.listdir(run_dir / "tokenizer")):
         artifacts[f"tokenizer/{name}"] = f"tokenizer/{name}"
-    artifacts.pop("tokenizer_config")
+    (run_dir / "eval").mkdir()
+    for split in (data.dev, data.test):
+        write_examples(run_dir / "eval" / f"{split.name}.jsonl", split.texts, split.labels)
+        artifacts[f"eval_{split.name}"] = f"eval/{split.name}.jsonl"
     _dump(run_dir / "metrics.json", metrics)
     _dump(run_dir / "training_log.json", result.log)
     _dump(run_dir / "data_report.json", data.report)
@@ -298,6 +300,13 @@ def data_files(report: dict[str, Any]) -> dict[str, dict[str, str]]:
         elif source:
             files[name] = {"path": source}
     return files
+
+
+def write_examples(path: Path, texts: list[str], labels: list[int]) -> None:
+    """The cleaned split as JSON lines (text, label id): later stages evaluate on exactly it."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for text, label in zip(texts, labels, strict=True):
+            handle.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
 
 
 def _dump(path: Path, payload: Any) -> None:

@@ -41,6 +41,26 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from export.config import ExportConfig
+    from export.run import run_export
+    from tuneserve.config import load_config
+
+    overrides = list(args.overrides)
+    if args.profile:
+        overrides.append(f"profile={args.profile}")
+    cfg = load_config(ExportConfig, args.config, overrides)
+    run_export(Path(args.source), cfg, run_id=args.run_id, overwrite=args.overwrite)
+    return 0
+
+
+def _bench_model(args: argparse.Namespace) -> int:
+    from export.bench import run_bench
+
+    run_bench(Path(args.source), sentences=args.sentences, out=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuneserve", description="Fine-tune, export and serve transformer text classifiers."
@@ -80,6 +100,37 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--run-id", help="name of the comparison directory")
     cmp.add_argument("--overwrite", action="store_true", help="replace a comparison of that id")
     cmp.set_defaults(handler=_compare)
+
+    exp = sub.add_parser("export", help="merge, export to ONNX, optimise, quantise, gate")
+    exp.add_argument("--from", dest="source", required=True, help="a finished train run")
+    exp.add_argument(
+        "--profile",
+        choices=["cpu-int8", "cpu-fp32", "gpu-fp16"],
+        help="serving model kind (default: gpu-fp16 with CUDA, else cpu-int8)",
+    )
+    exp.add_argument("--config", help="TOML or YAML export config")
+    exp.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. gates.min_agreement=0.98",
+    )
+    exp.add_argument("--run-id", help="name of the export directory (default: TRAIN_RUN-PROFILE)")
+    exp.add_argument("--overwrite", action="store_true", help="replace an export of that id")
+    exp.set_defaults(handler=_export)
+
+    bench = sub.add_parser("bench-model", help="PyTorch vs ONNX fp32 vs the serving model")
+    bench.add_argument("--from", dest="source", required=True, help="a finished export run")
+    bench.add_argument(
+        "--sentences",
+        type=int,
+        default=300,
+        help="test sentences timed at batch 1 (accuracy uses the whole split)",
+    )
+    bench.add_argument("--out", help="output directory (default: artifacts/bench-model/RUN_ID)")
+    bench.set_defaults(handler=_bench_model)
     return parser
 
 

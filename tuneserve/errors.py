@@ -25,3 +25,7 @@ class ManifestError(TuneserveError, ValueError):
 
 class RunError(TuneserveError, RuntimeError):
     """A stage could not write its run directory."""
+
+
+class ParityError(TuneserveError, ValueError):
+    """An exported model disagrees with its source beyond the configured tolerance."""

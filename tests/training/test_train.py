@@ -68,6 +68,9 @@ def test_every_artifact_is_written_and_hashed(both_runs: dict[str, Path]) -> Non
         assert manifest.details["method"] == method
         assert manifest.details["id2label"] == {"0": "negative", "1": "positive"}
         assert manifest.details["base_model"]["fingerprint"]
+        assert {"eval_dev", "eval_test"} <= set(manifest.artifacts)
+        lines = (run / "eval" / "test.jsonl").read_text().splitlines()
+        assert len(lines) == 50 and set(json.loads(lines[0])) == {"text", "label"}
         files = manifest.details["data_files"]
         assert set(files) == {"train", "dev", "test"}
         assert files["test"]["sha256"] == sha256_file(files["test"]["path"])

@@ -1,0 +1,216 @@
+"""`tuneserve bench-model`: PyTorch eager vs ONNX fp32 vs the serving model, measured in one run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.model import PooledClassifier
+from export.runtime import encode_batch, load_tokenizer, make_session
+from tuneserve.errors import ManifestError
+from tuneserve.manifest import Manifest, read_manifest
+
+log = logging.getLogger(__name__)
+Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def _train_run(manifest: Manifest) -> Path:
+    entry = next((i for i in manifest.inputs if i.role == "train_run"), None)
+    if entry is None:
+        raise ManifestError(f"export {manifest.run_id} does not record its train run")
+    return Path(entry.path).parent
+
+
+def _pytorch_runner(export_dir: Path, details: dict[str, Any]) -> tuple[Runner, int]:
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(str(export_dir / "merged"), attn_implementation="eager")
+    head = load_file(str(export_dir / "merged" / "head.safetensors"))
+    model = PooledClassifier(encoder, details["pooling"], head["weight"], head["bias"]).eval()
+    size = sum(p.stat().st_size for p in (export_dir / "merged").glob("*.safetensors"))
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return model(**{k: torch.from_numpy(v) for k, v in feed.items()}).numpy()
+
+    return run, size
+
+
+def _onnx_runner(path: Path, provider: str = "cpu") -> tuple[Runner, int]:
+    session = make_session(path, provider=provider)
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        return session.run(["logits"], feed)[0]
+
+    return run, path.stat().st_size
+
+
+def measure(
+    run: Runner,
+    tokenizer: Any,
+    names: list[str],
+    texts: list[str],
+    labels: list[int],
+    timed: int,
+    pad_id: int,
+) -> dict[str, Any]:
+    """Accuracy (batch 1), batch-1 latency percentiles, batch-32 throughput (pad to longest)."""
+    preds = [int(run(encode_batch(tokenizer, [t], names, pad_id)).argmax(1)[0]) for t in texts]
+    for text in texts[:20]:  # warm-up
+        run(encode_batch(tokenizer, [text], names, pad_id))
+    latencies = []
+    for text in texts[:timed]:
+        start = time.perf_counter()
+        run(encode_batch(tokenizer, [text], names, pad_id))
+        latencies.append((time.perf_counter() - start) * 1000)
+    start = time.perf_counter()
+    for i in range(0, len(texts), 32):
+        run(encode_batch(tokenizer, texts[i : i + 32], names, pad_id))
+    throughput = len(texts) / (time.perf_counter() - start)
+    return {
+        "accuracy": float(np.mean(np.asarray(preds) == np.asarray(labels))),
+        "predictions": preds,
+        "batch1_p50_ms": float(np.percentile(latencies, 50)),
+        "batch1_p99_ms": float(np.percentile(latencies, 99)),
+        "batch32_sentences_per_s": float(throughput),
+    }
+
+
+def run_bench(export_dir: Path, sentences: int = 300, out: str | None = None) -> Path:
+    """Benchmark every model of an export run; write bench.json, bench.md, bench.png."""
+    import onnxruntime as ort
+
+    manifest = read_manifest(export_dir, stage="export")
+    details = manifest.details
+    train_dir = _train_run(manifest)
+    train = read_manifest(train_dir, stage="train")
+    rows = [
+        json.loads(x)
+        for x in (train_dir / train.artifacts["eval_test"].path)
+        .read_text(encoding="utf-8")
+        .splitlines()
+        if x
+    ]
+    texts, labels = [r["text"] for r in rows], [int(r["label"]) for r in rows]
+    tokenizer = load_tokenizer(export_dir / details["tokenizer"], int(details["max_length"]))
+    names, pad_id = list(details["input_names"]), int(details["pad_token_id"])
+
+    candidates: list[tuple[str, Callable[[], tuple[Runner, int]]]] = [
+        ("pytorch-fp32-eager", lambda: _pytorch_runner(export_dir, details)),
+        ("onnx-fp32", lambda: _onnx_runner(export_dir / details["fp32_model"])),
+    ]
+    if details["serving_model"] != details["fp32_model"]:
+        label = f"serving-{details['profile']}"
+        provider = "cuda" if details["profile"] == "gpu-fp16" else "cpu"
+        if provider == "cpu" or "CUDAExecutionProvider" in ort.get_available_providers():
+            candidates.append(
+                (label, lambda: _onnx_runner(export_dir / details["serving_model"], provider))
+            )
+    results: dict[str, dict[str, Any]] = {}
+    for name, build in candidates:
+        run, size = build()
+        log.info("benchmarking %s", name)
+        results[name] = {
+            **measure(run, tokenizer, names, texts, labels, sentences, pad_id),
+            "file_mb": round(size / 2**20, 2),
+        }
+    reference = results["pytorch-fp32-eager"]
+    for r in results.values():
+        r["agreement_with_pytorch"] = float(
+            np.mean(np.asarray(r["predictions"]) == np.asarray(reference["predictions"]))
+        )
+        r["speedup_p50"] = reference["batch1_p50_ms"] / r["batch1_p50_ms"]
+        r["throughput_ratio"] = r["batch32_sentences_per_s"] / reference["batch32_sentences_per_s"]
+    for r in results.values():
+        r.pop("predictions")
+    report = {
+        "export_run": manifest.run_id,
+        "profile": details["profile"],
+        "test_examples": len(texts),
+        "timed_sentences": min(sentences, len(texts)),
+        "threads": {"torch": torch.get_num_threads(), "onnxruntime_intra_op": os.cpu_count()},
+        "machine": _machine(),
+        "models": results,
+        "size_ratio_serving_vs_fp32": results[list(results)[-1]]["file_mb"]
+        / results["onnx-fp32"]["file_mb"],
+    }
+    target = Path(out) if out else Path("artifacts") / "bench-model" / manifest.run_id
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = to_markdown(report)
+    (target / "bench.md").write_text(markdown)
+    plot(report, target / "bench.png")
+    print(markdown)
+    print(f"bench-model -> {target}")
+    return target
+
+
+def _machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    return {"cpu": cpu, "cores": os.cpu_count()}
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"Export {report['export_run']} ({report['profile']}); {report['test_examples']} "
+        f"SST-2 test sentences, batch-1 latency over {report['timed_sentences']}; "
+        f"{report['machine']['cpu']}, {report['machine']['cores']} cores; torch threads "
+        f"{report['threads']['torch']}, ORT intra-op threads "
+        f"{report['threads']['onnxruntime_intra_op']}.",
+        "",
+        "| model | accuracy | agreement w/ PyTorch | batch-1 p50 ms | batch-1 p99 ms | "
+        "batch-32 sent/s | file MB | p50 speed-up | throughput ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in report["models"].items():
+        lines.append(
+            f"| {name} | {r['accuracy']:.4f} | {r['agreement_with_pytorch']:.4f} | "
+            f"{r['batch1_p50_ms']:.2f} | {r['batch1_p99_ms']:.2f} | "
+            f"{r['batch32_sentences_per_s']:.0f} | {r['file_mb']:.1f} | "
+            f"{r['speedup_p50']:.2f}x | {r['throughput_ratio']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["models"])
+    models = report["models"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, key, title in zip(
+        axes,
+        ("batch1_p50_ms", "batch32_sentences_per_s", "file_mb"),
+        ("batch-1 p50 latency (ms)", "batch-32 throughput (sent/s)", "file size (MB)"),
+        strict=True,
+    ):
+        ax.bar(
+            names,
+            [models[n][key] for n in names],
+            color=["#888", "#4a7", "#37c", "#c73"][: len(names)],
+        )
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=20)
+    fig.suptitle(f"{report['export_run']}: {report['machine']['cpu']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
