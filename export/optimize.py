@@ -98,6 +98,9 @@ def quantize_int8(
         "nodes_excluded": exclude,
         **ISA_PRESETS[isa],
     }
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs every tensor at INFO on the root logger
     try:
         quantize_dynamic(
             str(inferred_path),
@@ -110,6 +113,7 @@ def quantize_int8(
             extra_options={"MatMulConstBOnly": True},
         )
     finally:
+        root.setLevel(level)
         inferred_path.unlink(missing_ok=True)
     return settings
 
