@@ -20,8 +20,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 env: $(VENV)/.installed
 
+TUNESERVE := HF_HUB_OFFLINE=1 $(VENV)/bin/tuneserve
+
 demo: env
-	HF_HUB_OFFLINE=1 $(VENV)/bin/tuneserve train --config $(DEMO_CONFIG) --method both --run-id $(RUN_ID) --overwrite
+	$(TUNESERVE) train --config $(DEMO_CONFIG) --method both --run-id $(RUN_ID) --overwrite
+	$(TUNESERVE) export --from artifacts/train/$(RUN_ID)-head --overwrite
+	$(TUNESERVE) export --from artifacts/train/$(RUN_ID)-lora --overwrite
 
 test: env
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
