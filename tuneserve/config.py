@@ -4,16 +4,41 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 from tuneserve.errors import ConfigError
 
 C = TypeVar("C", bound="StrictConfig")
+
+
+def rule(check: Callable[[Any], bool], expectation: str) -> AfterValidator:
+    """A field validator whose message reads ``<field> must be <expectation>, got <value>``."""
+
+    def validate(value: Any, info: ValidationInfo) -> Any:
+        if not check(value):
+            raise ValueError(f"{info.field_name} must be {expectation}, got {value}")
+        return value
+
+    return AfterValidator(validate)
+
+
+PositiveInt = Annotated[int, rule(lambda v: v > 0, "positive")]
+NonNegativeInt = Annotated[int, rule(lambda v: v >= 0, "non-negative")]
+PositiveFloat = Annotated[float, rule(lambda v: v > 0, "positive")]
+NonNegativeFloat = Annotated[float, rule(lambda v: v >= 0, "non-negative")]
+OpenUnit = Annotated[float, rule(lambda v: 0 < v < 1, "in (0, 1)")]
+HalfOpenUnit = Annotated[float, rule(lambda v: 0 <= v < 1, "in [0, 1)")]
+ClosedUnit = Annotated[float, rule(lambda v: 0 <= v <= 1, "in [0, 1]")]
+
+
+def int_between(low: int, high: int) -> Any:
+    """An int field that must lie in [low, high]."""
+    return Annotated[int, rule(lambda v: low <= v <= high, f"between {low} and {high}")]
 
 
 class StrictConfig(BaseModel):
