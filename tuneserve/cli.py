@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,6 +61,10 @@ def _bench_model(args: argparse.Namespace) -> int:
 
     run_bench(Path(args.source), sentences=args.sentences, out=args.out)
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tuneserve.logs import setup_logging
 
     setup_logging(args.verbose)
+    # SIGTERM unwinds like Ctrl-C, so unfinished run directories are removed.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         return int(args.handler(args))
     except TuneserveError as exc:
@@ -157,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing of the unfinished run was kept", file=sys.stderr)
         return 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

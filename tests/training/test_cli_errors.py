@@ -121,3 +121,41 @@ def test_help_lists_stages(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exc.value.code == 0
     assert "train" in capsys.readouterr().out
+
+
+def test_sigterm_during_training_leaves_no_run(tiny_config_file: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tuneserve.cli",
+            "train",
+            "--config",
+            str(tiny_config_file),
+            "--run-id",
+            "term",
+            "--set",
+            "lora.epochs=500",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    train_root = tiny_config_file.parent / "artifacts" / "train"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (train_root.exists() and any(train_root.iterdir())):
+        time.sleep(0.2)
+    assert train_root.exists() and any(train_root.iterdir()), "training never started"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert list(train_root.iterdir()) == []
