@@ -67,6 +67,19 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """--config FILE and repeatable --set KEY=VALUE, the same for every stage."""
+    parser.add_argument("--config", help="TOML or YAML config (defaults apply without one)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config value, e.g. {example}",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuneserve", description="Fine-tune, export and serve transformer text classifiers."
@@ -76,15 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="check the data, train baseline and/or LoRA, evaluate")
-    train.add_argument("--config", help="TOML or YAML config (defaults apply without one)")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. lora.r=8",
-    )
+    add_config_arguments(train, "lora.r=8")
     train.add_argument(
         "--method",
         choices=["head", "lora", "both"],
@@ -114,15 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["cpu-int8", "cpu-fp32", "gpu-fp16"],
         help="serving model kind (default: gpu-fp16 with CUDA, else cpu-int8)",
     )
-    exp.add_argument("--config", help="TOML or YAML export config")
-    exp.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. gates.min_agreement=0.98",
-    )
+    add_config_arguments(exp, "gates.min_agreement=0.98")
     exp.add_argument("--run-id", help="name of the export directory (default: TRAIN_RUN-PROFILE)")
     exp.add_argument("--overwrite", action="store_true", help="replace an export of that id")
     exp.set_defaults(handler=_export)
