@@ -42,7 +42,7 @@ def test_round_trip_records_hashes(tmp_path: Path) -> None:
     assert entry.bytes == len("weights")
     assert manifest.run_id == "r1"
     assert manifest.code_version["tuneserve"]
-    assert "pydantic" not in manifest.libraries or manifest.libraries["pydantic"]
+    assert manifest.libraries["tuneserve"] == manifest.code_version["tuneserve"]
 
 
 def test_changed_file_fails_hash_check(tmp_path: Path) -> None:
