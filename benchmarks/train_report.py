@@ -7,31 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
+from tuneserve.machine import describe_machine
 from tuneserve.manifest import read_manifest
-
-
-def machine() -> dict[str, object]:
-    """CPU model, cores and memory of this machine (the one the runs are assumed to be from)."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem_gb, 1),
-        "python": platform.python_version(),
-    }
 
 
 def summarise(run: Path) -> dict[str, object]:
@@ -75,7 +55,7 @@ def main() -> int:
             f"{r['train_examples_per_s']:.1f} | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} | "
             f"{r['trainable_percent']:.2f} |"
         )
-    info = machine()
+    info = describe_machine()
     print(
         f"\nMachine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, "
         f"Python {info['python']}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import torch
 from export.model import PooledClassifier
 from export.runtime import encode_batch, load_tokenizer, make_session
 from tuneserve.errors import ManifestError
+from tuneserve.machine import describe_machine
 from tuneserve.manifest import Manifest, read_manifest
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def run_bench(export_dir: Path, sentences: int = 300, out: str | None = None) ->
         "test_examples": len(texts),
         "timed_sentences": min(sentences, len(texts)),
         "threads": {"torch": torch.get_num_threads(), "onnxruntime_intra_op": os.cpu_count()},
-        "machine": _machine(),
+        "machine": describe_machine(),
         "models": results,
         "size_ratio_serving_vs_fp32": results[list(results)[-1]]["file_mb"]
         / results["onnx-fp32"]["file_mb"],
@@ -153,17 +153,6 @@ def run_bench(export_dir: Path, sentences: int = 300, out: str | None = None) ->
     print(markdown)
     print(f"bench-model -> {target}")
     return target
-
-
-def _machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    return {"cpu": cpu, "cores": os.cpu_count()}
 
 
 def to_markdown(report: dict[str, Any]) -> str:

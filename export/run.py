@@ -110,8 +110,6 @@ def run_export(
         for name in ("parity.json", "quantization.json"):
             if (out / name).is_file():
                 artifacts[name.removesuffix(".json")] = name
-        artifacts["serving_model"] = result["serving_model"]
-        artifacts["fp32_model"] = "onnx/model.fp32.onnx"
         details = {
             "profile": profile,
             "opset": cfg.opset,
@@ -275,11 +273,7 @@ def _quantize(
     excluded: list[str] = []
     while True:
         settings = quantize_int8(fp32, target, isa, q.per_channel, excluded)
-        session = make_session(target, cfg.policy.intra_op_threads)
-        q_logits = session_logits(session, tokenizer, texts, cfg.policy.batch_size, pad_id)
-        gate = quantized_gate(
-            fp32_logits, q_logits, labels, cfg.gates.min_agreement, cfg.gates.max_accuracy_drop
-        )
+        gate = _gate_against_fp32(target, "cpu", cfg, tokenizer, pad_id, fp32_logits, texts, labels)
         attempts.append({"nodes_kept_fp32": len(excluded), **gate})
         if gate["passed"] or excluded or q.on_gate_failure == "fail":
             break
@@ -326,14 +320,28 @@ def _fp16_check(
             "reason": "no CUDA execution provider on this machine; the "
             "fp16 model is built but its accuracy and speed are measured where a GPU exists",
         }
-    session = make_session(fp16, provider="cuda")
-    logits = session_logits(session, tokenizer, texts, cfg.policy.batch_size, pad_id)
-    gate = quantized_gate(
-        fp32_logits, logits, labels, cfg.gates.min_agreement, cfg.gates.max_accuracy_drop
-    )
+    gate = _gate_against_fp32(fp16, "cuda", cfg, tokenizer, pad_id, fp32_logits, texts, labels)
     if not gate["passed"]:
         raise ParityError("fp16 model fails its gate: " + "; ".join(gate["failures"]))
     return {"measured": True, **gate}
+
+
+def _gate_against_fp32(
+    model: Path,
+    provider: str,
+    cfg: ExportConfig,
+    tokenizer: Any,
+    pad_id: int,
+    fp32_logits: np.ndarray,
+    texts: list[str],
+    labels: list[int],
+) -> dict[str, Any]:
+    """Run ``model`` on the dev split as the service would and gate it against fp32."""
+    session = make_session(model, cfg.policy.intra_op_threads, provider)
+    logits = session_logits(session, tokenizer, texts, cfg.policy.batch_size, pad_id)
+    return quantized_gate(
+        fp32_logits, logits, labels, cfg.gates.min_agreement, cfg.gates.max_accuracy_drop
+    )
 
 
 def _write(path: Path, payload: Any) -> None:

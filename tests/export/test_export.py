@@ -101,8 +101,11 @@ def test_export_outputs_and_manifest(exports: dict[str, Path]) -> None:
         "tokenizer/tokenizer.json",
         "parity",
         "quantization",
-        "serving_model",
     } <= set(manifest.artifacts)
+    # each file is listed (and hashed) once; the details point at the served one
+    paths = [entry.path for entry in manifest.artifacts.values()]
+    assert len(paths) == len(set(paths))
+    assert d["serving_model"] in paths and d["fp32_model"] in paths
     assert not (run / "onnx" / "model.raw.onnx").exists()
     assert json.loads((run / "quantization.json").read_text())["fallback_used"] is False
     assert manifest.metrics["onnx_max_abs_diff"] <= 1e-4
