@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from export.model import PooledClassifier
-from export.runtime import encode_batch, load_tokenizer, make_session
 from tuneserve.errors import ManifestError
+from tuneserve.inference import encode_batch, load_tokenizer, make_session
 from tuneserve.machine import describe_machine
 from tuneserve.manifest import Manifest, read_manifest
 

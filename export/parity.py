@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.runtime import encode_batch, session_logits
+from tuneserve.inference import encode_batch, session_logits
 
 
 def pytorch_logits(

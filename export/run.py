@@ -22,8 +22,8 @@ from export.optimize import (
     quantize_int8,
 )
 from export.parity import fp32_parity, quantized_gate
-from export.runtime import load_tokenizer, make_session, session_logits
 from tuneserve.errors import ManifestError, ParityError
+from tuneserve.inference import load_tokenizer, make_session, session_logits
 from tuneserve.manifest import (
     Manifest,
     build_manifest,
@@ -126,6 +126,8 @@ def run_export(
             "base_model": manifest.details["base_model"],
             "train_method": manifest.details["method"],
             "merged_lora": trained.merged_lora,
+            "adapter_sha256": _sha_of(manifest, "adapter/adapter_model.safetensors"),
+            "head_sha256": _sha_of(manifest, "head"),
             "quantization": result.get("quantization"),
             "provider_hints": PROVIDERS[profile],
             "fused_operators": result["fused"],
@@ -157,6 +159,11 @@ def run_export(
         + f" -> {root / run_id}"
     )
     return root / run_id
+
+
+def _sha_of(manifest: Manifest, role: str) -> str | None:
+    entry = manifest.artifacts.get(role)
+    return entry.sha256 if entry else None
 
 
 def export_metrics(parity: dict[str, Any], profile: str, dev_examples: int) -> dict[str, Any]:

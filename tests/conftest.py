@@ -10,6 +10,12 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# prometheus_client picks its storage when imported: the service's in-process tests need the
+# multiprocess mode `bentoml serve` uses, so the directory is set before anything imports it.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tuneserve-prom-")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,3 +171,22 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> dict
     cfg = load_config(TrainingConfig, None, [*overrides, "method=both"])
     head, lora = run_train(cfg, run_id="t")
     return {"head": head, "lora": lora, "root": tmp / "artifacts"}
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(
+    tiny_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Exports of the tiny runs through the CLI: LoRA and head cpu-int8, LoRA cpu-fp32."""
+    from tuneserve.cli import main
+
+    root = tmp_path_factory.mktemp("exports")
+    out = {}
+    for method, profile in (("lora", "cpu-int8"), ("head", "cpu-int8"), ("lora", "cpu-fp32")):
+        argv = ["export", "--from", str(tiny_runs[method]), "--set", f'output_root="{root}"']
+        code = main([*argv, "--profile", profile])
+        assert code == 0, f"export of the tiny {method} run ({profile}) failed"
+        out[f"{method}-{profile}"] = root / "export" / f"t-{method}-{profile}"
+    out["lora"], out["head"] = out["lora-cpu-int8"], out["head-cpu-int8"]
+    out["root"] = root
+    return out

@@ -14,25 +14,16 @@ from export.model import load_merged
 from export.optimize import integer_op_counts
 from export.parity import quantized_gate
 from export.run import run_export
-from export.runtime import encode_batch, load_tokenizer, make_session, session_logits
 from tuneserve.cli import main
 from tuneserve.errors import ModelError
+from tuneserve.inference import encode_batch, load_tokenizer, make_session, session_logits
 from tuneserve.manifest import read_manifest
 
 
-@pytest.fixture(scope="module")
-def exports(
-    tiny_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
-    """cpu-int8 exports of the tiny LoRA and head runs, through the CLI."""
-    root = tmp_path_factory.mktemp("exports")
-    out = {}
-    for method in ("lora", "head"):
-        code = main(["export", "--from", str(tiny_runs[method]), "--set", f'output_root="{root}"'])
-        assert code == 0
-        out[method] = root / "export" / f"t-{method}-cpu-int8"
-    out["root"] = root
-    return out
+@pytest.fixture
+def exports(tiny_exports: dict[str, Path]) -> dict[str, Path]:
+    """cpu-int8 exports of the tiny LoRA and head runs (built once per session)."""
+    return tiny_exports
 
 
 def negate_logits(source: Path, target: Path) -> None:

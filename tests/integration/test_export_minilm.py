@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.runtime import load_tokenizer, make_session, session_logits
 from tuneserve.cli import main
+from tuneserve.inference import load_tokenizer, make_session, session_logits
 from tuneserve.manifest import read_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -1,0 +1,116 @@
+"""The BentoML service: POST /predict and /predict_batch, GET /models, /livez, /readyz, /metrics.
+
+Start it with ``bentoml serve service.app:Tuneserve`` (or ``make serve``). The serving config is
+read when this module is imported, from ``$TUNESERVE_SERVING_CONFIG`` or configs/serving.toml, and
+every variant's export manifest is checked (hashes included) right then, so a broken config or a
+corrupt model stops ``bentoml serve`` before any worker starts.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, cast
+
+import bentoml
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service.config import load_serving_config
+from service.errors import NotFoundError, ServiceError
+from service.logs import install_request_text_filter
+from service.middleware import GuardMiddleware
+from service.model import read_export
+from service.predictor import Predictor, check_text, check_texts
+
+SETTINGS = load_serving_config()
+for _variant in SETTINGS.variants:
+    read_export(_variant.path)
+
+_predictors: list[Predictor] = []  # the worker's Predictor, once BentoML has built the service
+
+
+def _error_response(error: ServiceError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def _models(_: Request) -> JSONResponse:
+    if not _predictors:
+        return _error_response(NotFoundError("the service is still starting"))
+    return JSONResponse(_predictors[0].summary())
+
+
+UserId = Annotated[str | None, Field(description="the caller's user id (the A/B unit)")]
+ForcedVariant = Annotated[
+    str | None, Field(description="force this variant (QA); kept out of the A/B statistics")
+]
+
+routes = Starlette(routes=[Route("/models", _models, methods=["GET"])])
+
+
+@bentoml.service(
+    name=SETTINGS.name,
+    workers=SETTINGS.workers,
+    threads=SETTINGS.threads,
+    traffic={"timeout": SETTINGS.backstop_timeout_s},
+)
+@bentoml.asgi_app(routes, path="/")
+class Tuneserve:
+    """Serves every configured variant of the experiment."""
+
+    def __init__(self) -> None:
+        install_request_text_filter()
+        self.predictor = Predictor(SETTINGS)
+        _predictors[:] = [self.predictor]
+        self.predictor.start_warm_up()
+
+    def __is_ready__(self) -> bool:
+        return self.predictor.ready
+
+    def __is_alive__(self) -> bool:
+        return self.predictor.warmup_error is None
+
+    @bentoml.on_shutdown
+    async def _close(self) -> None:
+        await self.predictor.close()
+
+    @bentoml.api(route="/predict")
+    async def predict(
+        self,
+        text: Annotated[str, Field(description="the text to classify")],
+        user_id: UserId = None,
+        variant: ForcedVariant = None,
+    ) -> dict[str, Any]:
+        """Classify one text. The answer names the variant that served it."""
+        try:
+            texts = [check_text(text)]
+            _, _, answers = await self.predictor.predict(texts, forced=variant)
+        except ServiceError as error:
+            return _error_response(error)  # type: ignore[return-value]
+        answer = answers[0]
+        return JSONResponse(answer, headers={"X-Model-Variant": answer["variant"]})  # type: ignore[return-value]
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(
+        self,
+        texts: Annotated[list[Any], Field(description="the texts to classify, in order")],
+        user_id: UserId = None,
+        variant: ForcedVariant = None,
+    ) -> dict[str, Any]:
+        """Classify several texts with one variant; answers come back in input order."""
+        try:
+            checked = check_texts(texts, SETTINGS.limits.max_batch_texts)
+            assignment, model, answers = await self.predictor.predict(checked, forced=variant)
+        except ServiceError as error:
+            return _error_response(error)  # type: ignore[return-value]
+        body = {
+            "variant": assignment.variant,
+            "model_version": model.version,
+            "predictions": answers,
+        }
+        return JSONResponse(body, headers={"X-Model-Variant": assignment.variant})  # type: ignore[return-value]
+
+
+# The decorator made Tuneserve a bentoml Service (typed as the class it wraps).
+cast(Any, Tuneserve).add_asgi_middleware(GuardMiddleware, limits=SETTINGS.limits)

@@ -1,0 +1,163 @@
+"""The serving config: variants, batching, limits, workers; TOML or YAML named by an env var."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tuneserve.config import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    StrictConfig,
+    load_config,
+)
+from tuneserve.errors import ConfigError
+
+CONFIG_ENV = "TUNESERVE_SERVING_CONFIG"
+DEFAULT_CONFIG = Path("configs/serving.toml")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class VariantConfig(StrictConfig):
+    """One exported model the service serves."""
+
+    name: str = Field(description="variant name: lowercase letters, digits, '-', '_'; 32 at most")
+    path: Path = Field(description="export run directory (relative paths: to the working dir)")
+    weight: NonNegativeFloat = Field(1.0, description="share of unforced traffic (normalised)")
+    control: bool = Field(False, description="the control (baseline) of the experiment")
+
+    @model_validator(mode="after")
+    def _check_name(self) -> VariantConfig:
+        if not _NAME.match(self.name):
+            raise ValueError(
+                f"variant name {self.name!r} must be 1-32 lowercase letters, digits, '-' or '_'"
+            )
+        return self
+
+
+class BatchingConfig(StrictConfig):
+    """How concurrent requests share a model call."""
+
+    mode: Literal["auto", "adaptive", "off"] = Field(
+        "auto",
+        description="adaptive: concurrent requests of a variant are run as one padded batch; "
+        "off: each request runs alone in a thread; auto: off on cpu, adaptive on cuda "
+        "(measured, see BENCHMARKS.md)",
+    )
+    max_batch_size: PositiveInt = Field(32, description="most texts in one model call")
+    max_latency_ms: NonNegativeFloat = Field(
+        0.0,
+        description="extra wait for a batch to fill after its first request; 0 takes only "
+        "what queued while the model was busy",
+    )
+
+
+class LimitsConfig(StrictConfig):
+    """Input limits, admission control and deadlines (the error contract's numbers)."""
+
+    max_tokens: PositiveInt = Field(
+        512,
+        description="longest input in tokens (capped by the model's max length); longer "
+        "texts are truncated and flagged",
+    )
+    max_body_bytes: PositiveInt = Field(1 << 20, description="largest request body (else 413)")
+    max_batch_texts: PositiveInt = Field(256, description="most texts in /predict_batch (413)")
+    max_inflight: PositiveInt = Field(
+        256, description="prediction requests in flight per worker before 503 + Retry-After"
+    )
+    deadline_ms: PositiveFloat = Field(
+        2000.0, description="time a prediction may take inside the service before 504"
+    )
+    retry_after_s: PositiveInt = Field(1, description="Retry-After sent with 503")
+
+
+class ServingConfig(StrictConfig):
+    """Everything `bentoml serve` needs to serve tuneserve's variants."""
+
+    name: str = Field("tuneserve", description="BentoML service name")
+    variants: list[VariantConfig] = Field(description="the exported models served")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="where models run")
+    workers: PositiveInt = Field(2, description="server processes")
+    threads: PositiveInt = Field(1, description="inference threads per worker")
+    intra_op_threads: NonNegativeInt = Field(
+        0, description="ONNX Runtime threads per inference; 0: cores // (workers * threads)"
+    )
+    warmup_runs: NonNegativeInt = Field(3, description="model calls per variant before ready")
+    admin_token_env: str = Field(
+        "TUNESERVE_ADMIN_TOKEN", description="environment variable holding the admin token"
+    )
+    batching: BatchingConfig = Field(
+        default_factory=lambda: BatchingConfig(), description="batching"
+    )
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig(), description="limits")
+    backstop_timeout_s: PositiveInt = Field(
+        30, description="BentoML's own request timeout, a backstop behind limits.deadline_ms"
+    )
+
+    @model_validator(mode="after")
+    def _check_variants(self) -> ServingConfig:
+        if not self.variants:
+            raise ValueError("variants must list at least one exported model")
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        controls = [v.name for v in self.variants if v.control]
+        if len(controls) != 1:
+            raise ValueError(f"exactly one variant must be the control, got {controls or 'none'}")
+        if sum(v.weight for v in self.variants) <= 0:
+            raise ValueError("variant weights must not all be 0")
+        return self
+
+    @property
+    def control(self) -> VariantConfig:
+        """The control variant."""
+        return next(v for v in self.variants if v.control)
+
+    def variant_names(self) -> list[str]:
+        """Variant names in config order."""
+        return [v.name for v in self.variants]
+
+    def batching_mode(self) -> Literal["adaptive", "off"]:
+        """The batching mode after resolving auto by device."""
+        if self.batching.mode == "auto":
+            return "adaptive" if self.device == "cuda" else "off"
+        return self.batching.mode
+
+    def ort_threads(self) -> int:
+        """ONNX Runtime intra-op threads per inference."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // (self.workers * self.threads))
+
+
+def config_path() -> Path:
+    """The serving config's path: ``$TUNESERVE_SERVING_CONFIG`` or configs/serving.toml."""
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def load_serving_config(path: Path | None = None) -> ServingConfig:
+    """Load and validate the serving config."""
+    path = path or config_path()
+    if not path.is_file():
+        raise ConfigError(
+            f"serving config {path} not found: set {CONFIG_ENV} to a TOML or YAML file "
+            f"(see configs/serving.toml)"
+        )
+    return load_config(ServingConfig, path)
+
+
+__all__ = [
+    "CONFIG_ENV",
+    "BatchingConfig",
+    "LimitsConfig",
+    "ServingConfig",
+    "VariantConfig",
+    "config_path",
+    "load_serving_config",
+]

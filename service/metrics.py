@@ -1,0 +1,81 @@
+"""Prometheus metrics, prefix ``tuneserve_``, low-cardinality labels only.
+
+Under ``bentoml serve`` every worker writes to the multiprocess directory BentoML sets up
+(``PROMETHEUS_MULTIPROC_DIR``) and ``/metrics`` merges them, so counts add up across workers.
+Histogram buckets are floats (BentoML 1.4 requires it).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# 0.5 ms to 10 s, roughly x2 per step.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
+SCORE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+REQUESTS = Counter(
+    "tuneserve_requests",
+    "HTTP requests answered, by endpoint (kind) and status code (outcome)",
+    ["kind", "outcome"],
+)
+REQUEST_SECONDS = Histogram(
+    "tuneserve_request_seconds",
+    "Time from request received to answer sent, by endpoint",
+    ["kind"],
+    buckets=LATENCY_BUCKETS,
+)
+ERRORS = Counter("tuneserve_errors", "Error answers by kind", ["kind"])
+PREDICTIONS = Counter(
+    "tuneserve_predictions", "Texts predicted, by variant and predicted label", ["variant", "label"]
+)
+FORCED = Counter("tuneserve_forced_predictions", "Texts predicted by a forced variant", ["variant"])
+INFERENCE_SECONDS = Histogram(
+    "tuneserve_inference_seconds",
+    "Model call time (tokens padded, ONNX Runtime run, softmax), by variant",
+    ["variant"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "tuneserve_queue_wait_seconds",
+    "Time a text waited for a model call, by variant",
+    ["variant"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "tuneserve_batch_size", "Texts per model call, by variant", ["variant"], buckets=BATCH_BUCKETS
+)
+SCORE = Histogram(
+    "tuneserve_score",
+    "Probability of the predicted label, by variant",
+    ["variant"],
+    buckets=SCORE_BUCKETS,
+)
+TRUNCATED = Counter(
+    "tuneserve_truncations", "Texts cut at the model's maximum length, by variant", ["variant"]
+)
+INFLIGHT = Gauge(
+    "tuneserve_inflight_requests",
+    "Prediction requests being handled, summed over live workers",
+    multiprocess_mode="livesum",
+)
+WEIGHT = Gauge(
+    "tuneserve_variant_weight",
+    "Configured traffic share of each variant",
+    ["variant"],
+    multiprocess_mode="mostrecent",
+)
+MODEL_INFO = Gauge(
+    "tuneserve_model_info",
+    "1 for each served variant, with its version, quantization and execution provider",
+    ["variant", "version", "quantization", "provider"],
+    multiprocess_mode="max",
+)
+READY = Gauge(
+    "tuneserve_ready",
+    "1 when every variant of the worker is loaded and warmed (minimum over live workers)",
+    multiprocess_mode="livemin",
+)

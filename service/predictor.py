@@ -1,0 +1,188 @@
+"""The prediction path without HTTP: validate, route, run under a deadline, answer, count.
+
+``Predictor`` holds every variant's model and runner for one worker. The BentoML service (app.py)
+only parses HTTP and calls it, so the same path runs in tests without a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from service import metrics
+from service.batching import Runner, make_runner
+from service.config import ServingConfig
+from service.errors import (
+    DeadlineError,
+    InvalidInputError,
+    OverloadedError,
+    PayloadTooLargeError,
+)
+from service.model import VariantModel
+from service.routing import Assignment, WeightedRouter
+
+logger = logging.getLogger(__name__)
+
+# Beyond this many characters, tokenising leaves the event loop for a worker thread.
+_LOOP_TOKENIZE_CHARS = 20_000
+
+
+def new_prediction_id() -> str:
+    """A fresh, unguessable prediction id."""
+    return uuid.uuid4().hex
+
+
+def check_texts(texts: Any, max_texts: int) -> list[str]:
+    """The texts of a request, or an error naming what is wrong with them."""
+    if not isinstance(texts, list) or not texts:
+        raise InvalidInputError("texts must be a non-empty list of strings")
+    if len(texts) > max_texts:
+        raise PayloadTooLargeError(
+            f"texts holds {len(texts)} items; at most {max_texts} per request "
+            "(split the batch, or raise limits.max_batch_texts)"
+        )
+    return [check_text(text, f"texts[{i}]") for i, text in enumerate(texts)]
+
+
+def check_text(text: Any, where: str = "text") -> str:
+    """One text, or an error naming what is wrong with it."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"{where} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InvalidInputError(f"{where} is empty or whitespace: send some text")
+    return text
+
+
+class Predictor:
+    """Every variant of one worker: models, runners, router, readiness."""
+
+    def __init__(self, settings: ServingConfig) -> None:
+        self.settings = settings
+        self.models = {v.name: VariantModel(v, settings) for v in settings.variants}
+        self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="tuneserve-infer")
+        self.batching = settings.batching_mode()
+        self.runners: dict[str, Runner] = {
+            name: make_runner(
+                self.batching,
+                model,
+                self.executor,
+                settings.batching.max_batch_size,
+                settings.batching.max_latency_ms,
+            )
+            for name, model in self.models.items()
+        }
+        self.router = WeightedRouter({v.name: v.weight for v in settings.variants})
+        self.ready = False
+        self.warmup_error: BaseException | None = None
+        for variant in settings.variants:
+            model = self.models[variant.name]
+            metrics.WEIGHT.labels(variant=variant.name).set(self.router.weights[variant.name])
+            metrics.MODEL_INFO.labels(
+                variant=variant.name,
+                version=model.version,
+                quantization=model.quantization,
+                provider=model.provider,
+            ).set(1)
+        metrics.READY.set(0)
+        logger.info(
+            "loaded variants %s (batching %s, %d inference thread(s), %d ONNX Runtime thread(s))",
+            ", ".join(f"{n}={m.version}" for n, m in self.models.items()),
+            self.batching,
+            settings.threads,
+            settings.ort_threads(),
+        )
+
+    def warm_up(self) -> None:
+        """Run every model a few times, then mark the worker ready."""
+        started = time.perf_counter()
+        try:
+            for model in self.models.values():
+                model.warm_up(self.settings.warmup_runs)
+        except BaseException as exc:  # readiness stays false; /livez reports the failure
+            self.warmup_error = exc
+            logger.exception("warm-up failed; this worker will never become ready")
+            return
+        self.ready = True
+        metrics.READY.set(1)
+        logger.info("warm-up done in %.2f s; ready", time.perf_counter() - started)
+
+    def start_warm_up(self) -> threading.Thread:
+        """Warm up in the background so /livez answers while the models warm."""
+        thread = threading.Thread(target=self.warm_up, name="tuneserve-warmup", daemon=True)
+        thread.start()
+        return thread
+
+    async def predict(
+        self, texts: list[str], forced: str | None = None
+    ) -> tuple[Assignment, VariantModel, list[dict[str, Any]]]:
+        """Answers for ``texts`` (already checked) from one variant, under the deadline."""
+        if not self.ready:
+            raise OverloadedError(
+                "the service is warming up its models; retry shortly",
+                headers={"Retry-After": str(self.settings.limits.retry_after_s)},
+            )
+        assignment = self.router.choose(forced)
+        model = self.models[assignment.variant]
+        deadline_s = self.settings.limits.deadline_ms / 1000.0
+        try:
+            async with asyncio.timeout(deadline_s):
+                if sum(len(t) for t in texts) > _LOOP_TOKENIZE_CHARS:
+                    loop = asyncio.get_running_loop()
+                    encodings = await loop.run_in_executor(None, model.encode, texts)
+                else:
+                    encodings = model.encode(texts)
+                probs = await self.runners[assignment.variant].run(encodings)
+        except TimeoutError:
+            raise DeadlineError(
+                f"the prediction did not finish within {self.settings.limits.deadline_ms:g} ms"
+            ) from None
+        answers = []
+        for row, encoding in zip(probs, encodings, strict=True):
+            prediction = model.answer(row, encoding)
+            self._count(assignment, prediction.label, prediction.score, prediction.truncated)
+            answers.append(
+                {
+                    "prediction_id": new_prediction_id(),
+                    "variant": assignment.variant,
+                    "model_version": model.version,
+                    "label": prediction.label,
+                    "score": prediction.score,
+                    "scores": prediction.scores,
+                    "truncated": prediction.truncated,
+                    "forced": assignment.forced,
+                }
+            )
+        return assignment, model, answers
+
+    def _count(self, assignment: Assignment, label: str, score: float, truncated: bool) -> None:
+        variant = assignment.variant
+        metrics.PREDICTIONS.labels(variant=variant, label=label).inc()
+        metrics.SCORE.labels(variant=variant).observe(score)
+        if truncated:
+            metrics.TRUNCATED.labels(variant=variant).inc()
+        if assignment.forced:
+            metrics.FORCED.labels(variant=variant).inc()
+
+    def summary(self) -> dict[str, Any]:
+        """GET /models: each variant's manifest summary plus serving settings."""
+        return {
+            "ready": self.ready,
+            "batching": self.batching,
+            "device": self.settings.device,
+            "control": self.settings.control.name,
+            "variants": [
+                self.models[v.name].summary() | {"weight": self.router.weights[v.name]}
+                for v in self.settings.variants
+            ],
+        }
+
+    async def close(self) -> None:
+        """Stop the batchers and the inference threads."""
+        for runner in self.runners.values():
+            await runner.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)

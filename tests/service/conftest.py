@@ -1,0 +1,122 @@
+"""Service fixtures: serving configs over the tiny exports, the app in process, a real server."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import REPO
+
+
+def write_serving_config(
+    path: Path, variants: dict[str, Path], control: str, **sections: dict[str, Any] | Any
+) -> Path:
+    """A serving TOML: ``variants`` name -> export dir, equal weights; extra top-level keys and
+    sections (``batching={...}``, ``limits={...}``)."""
+    lines = []
+    tables = []
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            tables.append(f"[{key}]")
+            tables += [f"{k} = {_toml(v)}" for k, v in value.items()]
+        else:
+            lines.append(f"{key} = {_toml(value)}")
+    for name, export in variants.items():
+        lines += ["[[variants]]", f'name = "{name}"', f'path = "{export}"']
+        lines.append(f"control = {'true' if name == control else 'false'}")
+    path.write_text("\n".join(lines + tables) + "\n")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def load_app(config: Path) -> Any:
+    """The service module imported afresh for ``config`` (it reads its config at import)."""
+    os.environ["TUNESERVE_SERVING_CONFIG"] = str(config)
+    import service.app
+
+    return importlib.reload(service.app)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A real `bentoml serve` subprocess on 127.0.0.1 with its own BENTOML_HOME."""
+
+    def __init__(self, config: Path, home: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = {
+            **os.environ,
+            "TUNESERVE_SERVING_CONFIG": str(config),
+            "BENTOML_HOME": str(home),
+            "BENTOML_DO_NOT_TRACK": "true",
+        }
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # bentoml serve sets up its own
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service.app:Tuneserve",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready in {timeout_s} s: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(10)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Any]:
+    """Start servers for a test (``start_server(config)``); all are stopped afterwards."""
+    servers: list[Server] = []
+
+    def start(config: Path, wait: bool = True) -> Server:
+        n = len(servers)
+        server = Server(config, tmp_path / f"bentoml-home-{n}", tmp_path / f"server-{n}.log")
+        servers.append(server)
+        if wait:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
