@@ -8,6 +8,7 @@ corrupt model stops ``bentoml serve`` before any worker starts.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any, cast
 
 import bentoml
@@ -17,16 +18,28 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.config import load_serving_config
+from service.config import ServingConfig, load_serving_config
 from service.errors import NotFoundError, ServiceError
 from service.logs import install_request_text_filter
 from service.middleware import GuardMiddleware
 from service.model import read_export
 from service.predictor import Predictor, check_text, check_texts
+from tuneserve.errors import TuneserveError
 
-SETTINGS = load_serving_config()
-for _variant in SETTINGS.variants:
-    read_export(_variant.path)
+
+def _checked_settings() -> ServingConfig:
+    """The serving config with every variant's manifest and hashes checked, or exit 1 saying why."""
+    try:
+        settings = load_serving_config()
+        for variant in settings.variants:
+            read_export(variant.path)
+    except TuneserveError as exc:
+        print(f"tuneserve: cannot serve: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return settings
+
+
+SETTINGS = _checked_settings()
 
 _predictors: list[Predictor] = []  # the worker's Predictor, once BentoML has built the service
 

@@ -93,9 +93,11 @@ class ServingConfig(StrictConfig):
         "TUNESERVE_ADMIN_TOKEN", description="environment variable holding the admin token"
     )
     batching: BatchingConfig = Field(
-        default_factory=lambda: BatchingConfig(), description="batching"
+        default_factory=lambda: BatchingConfig.model_validate({}), description="batching"
     )
-    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig(), description="limits")
+    limits: LimitsConfig = Field(
+        default_factory=lambda: LimitsConfig.model_validate({}), description="limits"
+    )
     backstop_timeout_s: PositiveInt = Field(
         30, description="BentoML's own request timeout, a backstop behind limits.deadline_ms"
     )

@@ -1,0 +1,74 @@
+"""Serving config: valid files load; every mistake gets a message that names it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import CONFIG_ENV, config_path, load_serving_config
+from tuneserve.errors import ConfigError
+
+VARIANTS = """
+[[variants]]
+name = "baseline"
+path = "a"
+control = true
+[[variants]]
+name = "tuned"
+path = "b"
+weight = 3
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "serving.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_derived_settings(tmp_path: Path) -> None:
+    cfg = load_serving_config(_write(tmp_path, "workers = 2\n" + VARIANTS))
+    assert cfg.control.name == "baseline"
+    assert cfg.variant_names() == ["baseline", "tuned"]
+    assert cfg.batching_mode() == "off"  # auto on cpu
+    assert cfg.model_copy(update={"device": "cuda"}).batching_mode() == "adaptive"
+    assert cfg.ort_threads() >= 1
+    assert cfg.model_copy(update={"intra_op_threads": 3}).ort_threads() == 3
+
+
+def test_yaml_and_env_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(
+        tmp_path,
+        "variants:\n  - {name: only, path: x, control: true}\nbatching: {mode: adaptive}\n",
+        "serving.yaml",
+    )
+    monkeypatch.setenv(CONFIG_ENV, str(path))
+    assert config_path() == path
+    cfg = load_serving_config()
+    assert cfg.batching_mode() == "adaptive"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("variants = []", "variants must list at least one exported model"),
+        (VARIANTS.replace("weight = 3", "control = true"), "exactly one variant must be the"),
+        (VARIANTS.replace('"tuned"', '"baseline"'), "variant names must be unique"),
+        (VARIANTS.replace('"tuned"', '"Tuned!"'), "variant name 'Tuned!' must be 1-32"),
+        (VARIANTS.replace("weight = 3", "weight = -1"), "weight must be non-negative, got -1"),
+        ("workers = 0\n" + VARIANTS, "workers must be positive, got 0"),
+        ("device = 'tpu'\n" + VARIANTS, "device: Input should be 'cpu' or 'cuda'"),
+        ("[limits]\ndeadline_ms = 0\n" + VARIANTS, "deadline_ms must be positive, got 0"),
+        ("[batching]\nmax_batch_size = 0\n" + VARIANTS, "max_batch_size must be positive"),
+        ("wokers = 2\n" + VARIANTS, "wokers: unknown key"),
+    ],
+)
+def test_invalid_configs_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("!", "!")):
+        load_serving_config(_write(tmp_path, text))
+
+
+def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"set {CONFIG_ENV}"):
+        load_serving_config(tmp_path / "absent.toml")

@@ -1,0 +1,156 @@
+"""A real `bentoml serve` subprocess on 127.0.0.1, its own BENTOML_HOME and port, over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, make_sentences
+from tests.service.conftest import write_serving_config
+from tests.service.test_app import metric_value
+from tests.service.test_predictor import offline_probs
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [t for t, _ in make_sentences(64, seed=11)]
+
+
+def _config(tmp_path: Path, exports: dict[str, Path], **sections: Any) -> Path:
+    variants = {"baseline": exports["head"], "tuned": exports["lora-cpu-fp32"]}
+    return write_serving_config(tmp_path / "serving.toml", variants, "baseline", **sections)
+
+
+async def _post_all(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(bodies))
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        return await asyncio.gather(*(client.post(url, json=b) for b in bodies))
+
+
+def test_two_workers_predict_count_and_keep_text_out_of_logs(
+    tmp_path: Path, tiny_exports: dict[str, Path], start_server: Any
+) -> None:
+    server = start_server(_config(tmp_path, tiny_exports, workers=2))
+    expected = offline_probs(tiny_exports["lora-cpu-fp32"], TEXTS[:16])
+    for text, probs in zip(TEXTS[:16], expected, strict=True):
+        r = httpx.post(f"{server.url}/predict", json={"text": text, "variant": "tuned"})
+        assert r.status_code == 200 and r.headers["x-model-variant"] == "tuned"
+        got = [r.json()["scores"]["negative"], r.json()["scores"]["positive"]]
+        np.testing.assert_allclose(got, probs, atol=1e-6)
+
+    before = httpx.get(f"{server.url}/metrics").text
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(
+            lambda t: httpx.post(f"{server.url}/predict", json={"text": t}).status_code,
+            TEXTS,
+        ))  # fmt: skip
+    secret = "s3cret-customer-text"
+    bad = [{"text": 5, "user_id": secret}, {"text": [secret]}, {"txt": secret}]
+    for body in bad:
+        assert httpx.post(f"{server.url}/predict", json=body).status_code == 400
+    r = httpx.post(f"{server.url}/predict", content=b'{"text": "' + secret.encode() + b'"')
+    assert r.status_code == 400
+    after = httpx.get(f"{server.url}/metrics").text
+    assert codes == [200] * 64
+
+    def delta(name: str, **labels: str) -> float:
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+    assert delta("tuneserve_requests_total", kind="predict", outcome="200") == 64
+    assert delta("tuneserve_requests_total", kind="predict", outcome="400") == 4
+    assert delta("tuneserve_predictions_total") == 64
+    assert delta("tuneserve_inference_seconds_count") == 64
+    assert metric_value(after, "tuneserve_ready") == 1
+    assert metric_value(after, "tuneserve_model_info") == 2  # max over workers, per variant
+    server.stop()
+    log = server.log.read_text()
+    assert "entry_service:tuneserve:2" in log, "the second worker never logged"
+    assert secret not in log
+
+
+def test_adaptive_batching_gives_each_caller_its_answer(
+    tmp_path: Path, tiny_exports: dict[str, Path], start_server: Any
+) -> None:
+    config = _config(
+        tmp_path, tiny_exports, workers=1, batching={"mode": "adaptive", "max_latency_ms": 5.0}
+    )
+    server = start_server(config)
+    before = httpx.get(f"{server.url}/metrics").text
+    bodies = [{"text": t, "variant": "tuned"} for t in TEXTS]
+    responses = asyncio.run(_post_all(f"{server.url}/predict", bodies))
+    after = httpx.get(f"{server.url}/metrics").text
+    assert [r.status_code for r in responses] == [200] * 64
+    expected = offline_probs(tiny_exports["lora-cpu-fp32"], TEXTS)
+    got = np.array([[r.json()["scores"]["negative"], r.json()["scores"]["positive"]]
+                    for r in responses])  # fmt: skip
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    calls = metric_value(after, "tuneserve_batch_size_count", variant="tuned") - metric_value(
+        before, "tuneserve_batch_size_count", variant="tuned"
+    )
+    texts = metric_value(after, "tuneserve_batch_size_sum", variant="tuned") - metric_value(
+        before, "tuneserve_batch_size_sum", variant="tuned"
+    )
+    assert texts == 64 and calls < 64, f"{calls} model calls for 64 concurrent requests"
+
+
+def test_admission_control_sheds_with_retry_after(
+    tmp_path: Path, tiny_exports: dict[str, Path], start_server: Any
+) -> None:
+    config = _config(tmp_path, tiny_exports, workers=1, limits={"max_inflight": 1})
+    server = start_server(config)
+    bodies = [{"text": t} for t in TEXTS]
+    responses = asyncio.run(_post_all(f"{server.url}/predict", bodies))
+    shed = [r for r in responses if r.status_code == 503]
+    assert {r.status_code for r in responses} <= {200, 503}
+    assert shed, "64 concurrent requests never exceeded max_inflight=1"
+    assert all(r.headers["retry-after"] == "1" for r in shed)
+    assert all(r.json()["kind"] == "overloaded" for r in shed)
+
+
+def test_readiness_waits_for_warm_up(
+    tmp_path: Path, tiny_exports: dict[str, Path], start_server: Any
+) -> None:
+    server = start_server(_config(tmp_path, tiny_exports, workers=1, warmup_runs=4000), wait=False)
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+        try:
+            if httpx.get(f"{server.url}/livez", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    assert httpx.get(f"{server.url}/readyz").status_code == 503
+    early = httpx.post(f"{server.url}/predict", json={"text": "good"})
+    assert early.status_code == 503 and early.headers["retry-after"] == "1"
+    assert "warming up" in early.json()["error"]
+    server.wait_ready()
+    assert httpx.post(f"{server.url}/predict", json={"text": "good"}).status_code == 200
+
+
+def test_corrupt_model_stops_start_up_with_a_clear_message(
+    tmp_path: Path, tiny_exports: dict[str, Path]
+) -> None:
+    broken = tmp_path / "broken-export"
+    shutil.copytree(tiny_exports["lora-cpu-fp32"], broken)
+    model = broken / "onnx" / "model.fp32.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    config = write_serving_config(tmp_path / "serving.toml", {"only": broken}, "only")
+    env = {"TUNESERVE_SERVING_CONFIG": str(config), "BENTOML_HOME": str(tmp_path / "home")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "service.app:Tuneserve", "--port", "0"],
+        cwd=REPO, env={**__import__("os").environ, **env}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "onnx/model.fp32.onnx" in proc.stderr and "sha256" in proc.stderr, proc.stderr[-2000:]
