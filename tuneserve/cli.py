@@ -56,6 +56,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from service.config import config_path
+    from service.launch import serve
+
+    config = Path(args.config) if args.config else config_path()
+    texts = Path(args.texts) if args.texts else None
+    return serve(config, args.host, args.port, try_n=args.try_n, texts=texts)
+
+
 def _bench_model(args: argparse.Namespace) -> int:
     from export.bench import run_bench
 
@@ -134,6 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--out", help="output directory (default: artifacts/bench-model/RUN_ID)")
     bench.set_defaults(handler=_bench_model)
+
+    srv = sub.add_parser("serve", help="serve the variants of a serving config (bentoml serve)")
+    srv.add_argument(
+        "--config",
+        help="serving config (default: $TUNESERVE_SERVING_CONFIG or configs/serving.toml)",
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    srv.add_argument("--port", type=int, default=3000, help="port to listen on")
+    srv.add_argument(
+        "--try",
+        dest="try_n",
+        type=int,
+        default=0,
+        metavar="N",
+        help="once ready, send N labelled sentences from --texts, print a table, and stop",
+    )
+    srv.add_argument("--texts", help="labelled split for --try (sentence and label columns)")
+    srv.set_defaults(handler=_serve)
     return parser
 
 

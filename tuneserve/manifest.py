@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -173,10 +173,14 @@ def read_manifest(run_dir: str | Path, stage: str | None = None, verify: bool = 
     return manifest
 
 
-def verify_artifacts(run_dir: Path, manifest: Manifest) -> None:
-    """Raise one ManifestError naming every missing or changed artifact."""
+def verify_artifacts(
+    run_dir: Path, manifest: Manifest, only: Callable[[str], bool] | None = None
+) -> None:
+    """Raise one ManifestError naming every missing or changed artifact (those ``only`` keeps)."""
     problems = []
     for role, entry in manifest.artifacts.items():
+        if only is not None and not only(entry.path):
+            continue
         file = run_dir / entry.path
         if not file.is_file():
             problems.append(f"{role} ({entry.path}) is missing")

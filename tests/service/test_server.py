@@ -154,3 +154,21 @@ def test_corrupt_model_stops_start_up_with_a_clear_message(
     )  # fmt: skip
     assert proc.returncode != 0
     assert "onnx/model.fp32.onnx" in proc.stderr and "sha256" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_cli_serve_try_out_prints_a_table_per_variant(
+    tmp_path: Path, tiny_exports: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import write_tsv
+    from tests.service.conftest import free_port
+    from tuneserve.cli import main
+
+    texts = write_tsv(tmp_path / "try.tsv", make_sentences(30, seed=5))
+    config = _config(tmp_path, tiny_exports, workers=1)
+    argv = ["serve", "--config", str(config), "--port", str(free_port()), "--try", "30"]
+    assert main([*argv, "--texts", str(texts)]) == 0
+    out = capsys.readouterr().out
+    assert "30 sentences" in out and ", 0 failed" in out
+    assert "baseline" in out and "tuned" in out
+    assert main([*argv, "--texts", str(tmp_path / "absent.tsv")]) == 1
+    assert main(["serve", "--config", str(tmp_path / "absent.toml")]) == 1

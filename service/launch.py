@@ -1,0 +1,128 @@
+"""`tuneserve serve`: check the serving config, start `bentoml serve`, optionally try it out.
+
+With ``--try N`` it waits until the service is ready, sends N labelled sentences (4 at a time) to
+POST /predict, prints per variant what came back (accuracy against the labels, client-side
+latency), and stops the server: the serving step of `make demo`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.config import CONFIG_ENV, load_serving_config
+from service.model import read_export
+from tuneserve.data import read_split
+from tuneserve.errors import RunError
+
+
+def serve(
+    config: Path,
+    host: str = "127.0.0.1",
+    port: int = 3000,
+    try_n: int = 0,
+    texts: Path | None = None,
+) -> int:
+    """Run the service until it stops (or, with ``try_n``, until the try-out is done)."""
+    settings = load_serving_config(config)
+    for variant in settings.variants:
+        read_export(variant.path)  # a clear error now rather than a traceback from a worker
+    split = None
+    if try_n:
+        if texts is None:
+            raise RunError("--try needs --texts: a labelled split (TSV/CSV/JSONL/Parquet)")
+        split = read_split("try", texts, "sentence", "label")
+    env = {**os.environ, CONFIG_ENV: str(config.resolve()), "BENTOML_DO_NOT_TRACK": "true"}
+    command = [sys.executable, "-m", "bentoml", "serve", "service.app:Tuneserve"]
+    command += ["--host", host, "--port", str(port)]
+    proc = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        if split is None:
+            return proc.wait()
+        url = f"http://{host}:{port}"
+        wait_ready(url, proc)
+        try_out(url, split.texts[:try_n], split.labels[:try_n], split.origin)
+        return 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
+    """Poll /readyz until 200; fail if the server exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RunError(f"bentoml serve exited with code {proc.returncode} before ready")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    raise RunError(f"the service at {url} was not ready after {timeout_s:.0f} s")
+
+
+def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, payload = response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        status, payload = exc.code, json.loads(exc.read() or b"{}")
+    return status, payload, time.perf_counter() - started
+
+
+def try_out(url: str, texts: list[Any], labels: list[Any], origin: str) -> None:
+    """Send labelled sentences and print a per-variant table."""
+    with urllib.request.urlopen(f"{url}/models", timeout=10) as response:
+        models = json.loads(response.read())
+    names = {v["name"]: v["labels"] for v in models["variants"]}
+    with ThreadPoolExecutor(4) as pool:
+        results = list(
+            pool.map(
+                lambda i: _post(f"{url}/predict", {"text": texts[i], "user_id": f"user-{i}"}),
+                range(len(texts)),
+            )
+        )
+    rows: dict[str, dict[str, list[float]]] = {}
+    failures = 0
+    for (status, body, seconds), truth in zip(results, labels, strict=True):
+        if status != 200:
+            failures += 1
+            continue
+        label_names = names[body["variant"]]
+        expected = label_names[int(truth)] if str(truth).isdigit() else str(truth)
+        row = rows.setdefault(body["variant"], {"correct": [], "latency": []})
+        row["correct"].append(float(body["label"] == expected))
+        row["latency"].append(seconds * 1000)
+    print(f"\ntuneserve at {url}: {len(texts)} sentences from {origin}, {failures} failed")
+    print(
+        f"{'variant':<12}{'version':<34}{'requests':>9}{'accuracy':>10}{'p50 ms':>8}{'p99 ms':>8}"
+    )
+    for name, row in sorted(rows.items()):
+        version = next(v["model_version"] for v in models["variants"] if v["name"] == name)
+        lat = np.array(row["latency"])
+        print(
+            f"{name:<12}{version:<34}{len(lat):>9}{np.mean(row['correct']):>10.3f}"
+            f"{np.percentile(lat, 50):>8.1f}{np.percentile(lat, 99):>8.1f}"
+        )
+    print("(latency measured by this client, 4 requests at a time, on the same machine)")
