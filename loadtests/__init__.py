@@ -1,1 +1,1 @@
-"""Locust scenarios, the SLO gate and load-test reports: not built yet, see issue 6."""
+"""Locust scenarios and the runner that drives them (the SLO gate and reports: issue 6)."""

@@ -67,6 +67,7 @@ routes = Starlette(routes=[Route("/models", _models, methods=["GET"])])
     workers=SETTINGS.workers,
     threads=SETTINGS.threads,
     traffic={"timeout": SETTINGS.backstop_timeout_s},
+    logging={"access": {"enabled": SETTINGS.access_log}},
 )
 @bentoml.asgi_app(routes, path="/")
 class Tuneserve:

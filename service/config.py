@@ -88,6 +88,12 @@ class ServingConfig(StrictConfig):
     intra_op_threads: NonNegativeInt = Field(
         0, description="ONNX Runtime threads per inference; 0: cores // (workers * threads)"
     )
+    access_log: bool = Field(
+        False,
+        description="BentoML's per-request access log; off by default: it costs about as much "
+        "CPU per request as the rest of the HTTP path (BENCHMARKS.md), and tuneserve_requests "
+        "counts every answer by endpoint and status",
+    )
     warmup_runs: NonNegativeInt = Field(3, description="model calls per variant before ready")
     admin_token_env: str = Field(
         "TUNESERVE_ADMIN_TOKEN", description="environment variable holding the admin token"
