@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED_DATA
+from tests.service.conftest import start_server  # noqa: F401  (real `bentoml serve` servers)
 from tuneserve.cli import main
 
 
@@ -40,3 +41,12 @@ def minilm_lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert code == 0
     return root / "train" / "it-lora"
+
+
+@pytest.fixture(scope="session")
+def minilm_int8_export(minilm_lora_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cpu-int8 export of the MiniLM LoRA run, through the CLI."""
+    root = tmp_path_factory.mktemp("minilm-export")
+    code = main(["export", "--from", str(minilm_lora_run), "--set", f'output_root="{root}"'])
+    assert code == 0
+    return root / "export" / "it-lora-cpu-int8"

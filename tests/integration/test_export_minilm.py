@@ -8,18 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tuneserve.cli import main
 from tuneserve.inference import load_tokenizer, make_session, session_logits
 from tuneserve.manifest import read_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_export_passes_gates_and_recomputes(minilm_lora_run: Path, tmp_path: Path) -> None:
-    assert (
-        main(["export", "--from", str(minilm_lora_run), "--set", f'output_root="{tmp_path}"']) == 0
-    )
-    run = tmp_path / "export" / "it-lora-cpu-int8"
+def test_export_passes_gates_and_recomputes(
+    minilm_lora_run: Path, minilm_int8_export: Path
+) -> None:
+    run = minilm_int8_export
     manifest = read_manifest(run, stage="export")
     d, m = manifest.details, manifest.metrics
     assert m["onnx_max_abs_diff"] <= 1e-4

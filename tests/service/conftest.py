@@ -54,6 +54,20 @@ def load_app(config: Path) -> Any:
     return importlib.reload(service.app)
 
 
+def asgi_app(config: Path) -> Any:
+    """A fresh ASGI app of the service for ``config``, for Starlette's test client.
+
+    BentoML registers its own request metrics in prometheus_client's global registry when an
+    app is built; a second app in the same process would collide, so they are removed first.
+    """
+    from prometheus_client import REGISTRY
+
+    for collector in list(REGISTRY._collector_to_names):
+        if any(n.startswith("bentoml_") for n in REGISTRY._collector_to_names[collector]):
+            REGISTRY.unregister(collector)
+    return load_app(config).Tuneserve.to_asgi()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

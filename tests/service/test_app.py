@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from tests.conftest import make_sentences
-from tests.service.conftest import load_app, write_serving_config
+from tests.service.conftest import asgi_app, write_serving_config
 from tests.service.test_predictor import offline_probs
 
 LIMITS = {"max_body_bytes": 65536, "max_batch_texts": 8, "max_tokens": 16}
@@ -30,8 +30,7 @@ def client(
         workers=1,
         limits=LIMITS,
     )
-    app = load_app(config)
-    with TestClient(app.Tuneserve.to_asgi(), raise_server_exceptions=False) as test_client:
+    with TestClient(asgi_app(config), raise_server_exceptions=False) as test_client:
         deadline = time.monotonic() + 60
         while test_client.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, "service never became ready"
@@ -174,3 +173,24 @@ def test_metrics_count_what_was_sent(client: TestClient) -> None:
                if s.name == "tuneserve_inference_seconds_bucket"]  # fmt: skip
     bounds = sorted({float(s.labels["le"]) for s in buckets})
     assert bounds[0] == 0.0005 and 10.0 in bounds
+
+
+def test_deadline_answers_504_in_the_error_shape(
+    tiny_exports: dict[str, Path], tmp_path: Path
+) -> None:
+    config = write_serving_config(
+        tmp_path / "serving.toml", {"only": tiny_exports["lora"]}, "only",
+        workers=1, limits={"deadline_ms": 0.001},
+    )  # fmt: skip
+    with TestClient(asgi_app(config), raise_server_exceptions=False) as test_client:
+        deadline = time.monotonic() + 60
+        while test_client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        r = test_client.post("/predict", json={"text": "good"})
+    assert r.status_code == 504
+    assert r.json() == {
+        "error": "the prediction did not finish within 0.001 ms",
+        "kind": "deadline",
+        "status": 504,
+    }

@@ -183,3 +183,32 @@ def test_direct_runner_matches_model(tmp_path: Path, tiny_exports: dict[str, Pat
 def test_check_texts(texts: Any, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         check_texts(texts, 4)
+
+
+def test_io_binding_gives_the_same_logits(tiny_exports: dict[str, Path]) -> None:
+    """The CUDA path binds inputs and outputs; the binding itself also runs on CPU."""
+    from tuneserve.inference import encode_batch, run_logits
+
+    export = tiny_exports["lora-cpu-fp32"]
+    details = read_manifest(export, stage="export").details
+    tokenizer = load_tokenizer(export / details["tokenizer"], details["max_length"])
+    session = make_session(export / details["serving_model"], threads=1)
+    feed = encode_batch(tokenizer, TEXTS[:8], details["input_names"], details["pad_token_id"])
+    np.testing.assert_allclose(
+        run_logits(session, feed, io_binding=True), run_logits(session, feed), atol=1e-6
+    )
+
+
+def test_cuda_without_gpu_falls_back_to_cpu_with_a_warning(
+    tiny_exports: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA: the fallback does not apply")
+    export = tiny_exports["lora"]
+    model_path = export / read_manifest(export, stage="export").details["serving_model"]
+    with caplog.at_level("WARNING"):
+        session = make_session(model_path, threads=1, provider="cuda")
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert "running model.int8.onnx on CPU" in caplog.text

@@ -30,10 +30,20 @@ def _config(tmp_path: Path, exports: dict[str, Path], **sections: Any) -> Path:
     return write_serving_config(tmp_path / "serving.toml", variants, "baseline", **sections)
 
 
-async def _post_all(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=len(bodies))
+async def _post_all(
+    url: str, bodies: list[dict[str, Any]], concurrency: int | None = None
+) -> list[httpx.Response]:
+    """POST every body, ``concurrency`` at a time (default: all at once)."""
+    concurrency = concurrency or len(bodies)
+    gate = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        return await asyncio.gather(*(client.post(url, json=b) for b in bodies))
+
+        async def post(body: dict[str, Any]) -> httpx.Response:
+            async with gate:
+                return await client.post(url, json=body)
+
+        return await asyncio.gather(*(post(b) for b in bodies))
 
 
 def test_two_workers_predict_count_and_keep_text_out_of_logs(
