@@ -171,7 +171,7 @@ def measure_server(
     meeting = [p for p in sweep if p["p99_ms"] is not None and p["p99_ms"] <= P99_SLO_MS
                and p["failures"] == 0]  # fmt: skip
     result["max_rps_p99_100ms"] = max((p["throughput_rps"] for p in meeting), default=0.0)
-    fixed_users = 10
+    fixed_users = 50  # Poisson arrivals, 1 request/s each on average: close to an open loop
     fixed = run_locust(url, fixed_users, args.rate / fixed_users, args.seconds, args.warmup,
                        texts, work)  # fmt: skip
     result["fixed_rate"] = fixed | {"offered_rps": args.rate}
@@ -323,8 +323,8 @@ def main() -> None:
             stop(proc)
     report = {
         "machine": describe_machine(),
-        "load_generator": "Locust (FastHttpUser, closed loop) on the same machine and cores as "
-        "the server",
+        "load_generator": "Locust 2.47 (FastHttpUser) on the same machine and cores as the "
+        "server; sweep: closed loop; fixed rate: 50 users with Poisson arrivals",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "export": str(args.export),
         "in_process": inproc,
