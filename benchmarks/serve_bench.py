@@ -18,13 +18,11 @@ import argparse
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from service.config import ServingConfig  # noqa: E402
+from service.launch import stop_process, wait_ready  # noqa: E402
 from service.model import VariantModel  # noqa: E402
 from tuneserve.machine import describe_machine  # noqa: E402
 
@@ -48,21 +47,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout_s} s")
 
 
 def tree(pid: int) -> list[psutil.Process]:
@@ -106,15 +90,6 @@ def start_peer(export: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run_locust(
@@ -320,7 +295,7 @@ def main() -> None:
             results.append(measure_server(
                 name, kind, proc, f"http://127.0.0.1:{port}", args, texts, work))  # fmt: skip
         finally:
-            stop(proc)
+            stop_process(proc)
     report = {
         "machine": describe_machine(),
         "load_generator": "Locust 2.47 (FastHttpUser) on the same machine and cores as the "

@@ -66,7 +66,12 @@ routes = Starlette(routes=[Route("/models", _models, methods=["GET"])])
     name=SETTINGS.name,
     workers=SETTINGS.workers,
     threads=SETTINGS.threads,
-    traffic={"timeout": SETTINGS.backstop_timeout_s},
+    # BentoML's own limits are a backstop behind tuneserve's deadline and admission control
+    # (its 503/504 cannot carry Retry-After), so they are set well past them.
+    traffic={
+        "timeout": SETTINGS.backstop_timeout_s,
+        "max_concurrency": 2 * SETTINGS.limits.max_inflight * SETTINGS.workers,
+    },
     logging={"access": {"enabled": SETTINGS.access_log}},
 )
 @bentoml.asgi_app(routes, path="/")
