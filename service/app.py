@@ -23,7 +23,7 @@ from service.errors import NotFoundError, ServiceError
 from service.logs import install_request_text_filter
 from service.middleware import GuardMiddleware
 from service.model import read_export
-from service.predictor import Predictor, check_text, check_texts
+from service.predictor import Predictor, check_text, check_texts, check_user_id
 from tuneserve.errors import TuneserveError
 
 
@@ -44,7 +44,9 @@ SETTINGS = _checked_settings()
 _predictors: list[Predictor] = []  # the worker's Predictor, once BentoML has built the service
 
 
-def _error_response(error: ServiceError) -> JSONResponse:
+def _error_response(error: ServiceError, ctx: Any = None) -> JSONResponse:
+    if ctx is not None:  # BentoML sets the status of an endpoint taking a context from it
+        ctx.response.status_code = error.status
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
@@ -54,7 +56,11 @@ async def _models(_: Request) -> JSONResponse:
     return JSONResponse(_predictors[0].summary())
 
 
-UserId = Annotated[str | None, Field(description="the caller's user id (the A/B unit)")]
+USER_ID_HEADER = "X-User-Id"
+UserId = Annotated[
+    str | None,
+    Field(description="the caller's user id, the sticky A/B unit (or the X-User-Id header)"),
+]
 ForcedVariant = Annotated[
     str | None, Field(description="force this variant (QA); kept out of the A/B statistics")
 ]
@@ -70,7 +76,7 @@ routes = Starlette(routes=[Route("/models", _models, methods=["GET"])])
     # (its 503/504 cannot carry Retry-After), so they are set well past them.
     traffic={
         "timeout": SETTINGS.backstop_timeout_s,
-        "max_concurrency": 2 * SETTINGS.limits.max_inflight * SETTINGS.workers,
+        "max_concurrency": SETTINGS.backstop_concurrency(),
     },
     logging={"access": {"enabled": SETTINGS.access_log}},
 )
@@ -97,6 +103,7 @@ class Tuneserve:
     @bentoml.api(route="/predict")
     async def predict(
         self,
+        ctx: bentoml.Context,
         text: Annotated[str, Field(description="the text to classify")],
         user_id: UserId = None,
         variant: ForcedVariant = None,
@@ -104,15 +111,19 @@ class Tuneserve:
         """Classify one text. The answer names the variant that served it."""
         try:
             texts = [check_text(text)]
-            _, _, answers = await self.predictor.predict(texts, forced=variant)
+            unit = check_user_id(
+                ctx.request.headers.get(USER_ID_HEADER) if user_id is None else user_id
+            )
+            _, _, answers = await self.predictor.predict(texts, forced=variant, user_id=unit)
         except ServiceError as error:
-            return _error_response(error)  # type: ignore[return-value]
+            return _error_response(error, ctx)  # type: ignore[return-value]
         answer = answers[0]
         return JSONResponse(answer, headers={"X-Model-Variant": answer["variant"]})  # type: ignore[return-value]
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(
         self,
+        ctx: bentoml.Context,
         texts: Annotated[list[Any], Field(description="the texts to classify, in order")],
         user_id: UserId = None,
         variant: ForcedVariant = None,
@@ -120,9 +131,14 @@ class Tuneserve:
         """Classify several texts with one variant; answers come back in input order."""
         try:
             checked = check_texts(texts, SETTINGS.limits.max_batch_texts)
-            assignment, model, answers = await self.predictor.predict(checked, forced=variant)
+            unit = check_user_id(
+                ctx.request.headers.get(USER_ID_HEADER) if user_id is None else user_id
+            )
+            assignment, model, answers = await self.predictor.predict(
+                checked, forced=variant, user_id=unit
+            )
         except ServiceError as error:
-            return _error_response(error)  # type: ignore[return-value]
+            return _error_response(error, ctx)  # type: ignore[return-value]
         body = {
             "variant": assignment.variant,
             "model_version": model.version,

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from service.routing import slot_fraction
 from tuneserve.config import (
     NonNegativeFloat,
     NonNegativeInt,
@@ -58,6 +59,16 @@ class BatchingConfig(StrictConfig):
     )
 
 
+class ExperimentConfig(StrictConfig):
+    """The A/B experiment: routing salt (sticky assignment is a pure function of it)."""
+
+    salt: str = Field(
+        "tuneserve-1",
+        min_length=1,
+        description="hashed with each user id into buckets; a new salt starts a new experiment",
+    )
+
+
 class LimitsConfig(StrictConfig):
     """Input limits, admission control and deadlines (the error contract's numbers)."""
 
@@ -101,11 +112,20 @@ class ServingConfig(StrictConfig):
     batching: BatchingConfig = Field(
         default_factory=lambda: BatchingConfig.model_validate({}), description="batching"
     )
+    experiment: ExperimentConfig = Field(
+        default_factory=lambda: ExperimentConfig.model_validate({}), description="A/B routing"
+    )
     limits: LimitsConfig = Field(
         default_factory=lambda: LimitsConfig.model_validate({}), description="limits"
     )
     backstop_timeout_s: PositiveInt = Field(
         30, description="BentoML's own request timeout, a backstop behind limits.deadline_ms"
+    )
+    backstop_max_concurrency: NonNegativeInt = Field(
+        0,
+        description="BentoML's own limit on requests in flight in the service (it answers 429 "
+        "without Retry-After past it), a backstop behind limits.max_inflight; "
+        "0: 4 x max_inflight x workers",
     )
 
     @model_validator(mode="after")
@@ -118,8 +138,18 @@ class ServingConfig(StrictConfig):
         controls = [v.name for v in self.variants if v.control]
         if len(controls) != 1:
             raise ValueError(f"exactly one variant must be the control, got {controls or 'none'}")
-        if sum(v.weight for v in self.variants) <= 0:
+        total = sum(v.weight for v in self.variants)
+        if total <= 0:
             raise ValueError("variant weights must not all be 0")
+        challengers = [v for v in self.variants if not v.control]
+        limit = slot_fraction(len(challengers))
+        for v in challengers:
+            if v.weight / total > limit + 1e-9:
+                raise ValueError(
+                    f"variant {v.name!r} has {v.weight / total:.0%} of the traffic, more than its "
+                    f"slot ({limit:.0%} with {len(challengers)} challenger(s)): lower its weight "
+                    "or raise the control's"
+                )
         return self
 
     @property
@@ -136,6 +166,10 @@ class ServingConfig(StrictConfig):
         if self.batching.mode == "auto":
             return "adaptive" if self.device == "cuda" else "off"
         return self.batching.mode
+
+    def backstop_concurrency(self) -> int:
+        """BentoML's concurrency limit for the whole service."""
+        return self.backstop_max_concurrency or 4 * self.limits.max_inflight * self.workers
 
     def ort_threads(self) -> int:
         """ONNX Runtime intra-op threads per inference."""
@@ -163,6 +197,7 @@ def load_serving_config(path: Path | None = None) -> ServingConfig:
 __all__ = [
     "CONFIG_ENV",
     "BatchingConfig",
+    "ExperimentConfig",
     "LimitsConfig",
     "ServingConfig",
     "VariantConfig",

@@ -24,7 +24,7 @@ from service.errors import (
     PayloadTooLargeError,
 )
 from service.model import VariantModel
-from service.routing import Assignment, WeightedRouter
+from service.routing import Assignment, Router
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,20 @@ def check_texts(texts: Any, max_texts: int) -> list[str]:
             "(split the batch, or raise limits.max_batch_texts)"
         )
     return [check_text(text, f"texts[{i}]") for i, text in enumerate(texts)]
+
+
+MAX_USER_ID_CHARS = 256
+
+
+def check_user_id(value: Any) -> str | None:
+    """A user id (the A/B unit), or None; an empty or oversized id is an error."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError("user_id must be a non-empty string (or left out)")
+    if len(value) > MAX_USER_ID_CHARS:
+        raise InvalidInputError(f"user_id is longer than {MAX_USER_ID_CHARS} characters")
+    return value
 
 
 def check_text(text: Any, where: str = "text") -> str:
@@ -76,12 +90,16 @@ class Predictor:
             )
             for name, model in self.models.items()
         }
-        self.router = WeightedRouter({v.name: v.weight for v in settings.variants})
+        self.router = Router(
+            {v.name: v.weight for v in settings.variants},
+            control=settings.control.name,
+            salt=settings.experiment.salt,
+        )
         self.ready = False
         self.warmup_error: BaseException | None = None
         for variant in settings.variants:
             model = self.models[variant.name]
-            metrics.WEIGHT.labels(variant=variant.name).set(self.router.weights[variant.name])
+            metrics.WEIGHT.labels(variant=variant.name).set(self.router.shares[variant.name])
             metrics.MODEL_INFO.labels(
                 variant=variant.name,
                 version=model.version,
@@ -118,15 +136,17 @@ class Predictor:
         return thread
 
     async def predict(
-        self, texts: list[str], forced: str | None = None
+        self, texts: list[str], forced: str | None = None, user_id: str | None = None
     ) -> tuple[Assignment, VariantModel, list[dict[str, Any]]]:
-        """Answers for ``texts`` (already checked) from one variant, under the deadline."""
+        """Answers for ``texts`` (already checked) from one variant, under the deadline.
+
+        ``user_id`` makes the assignment sticky; ``forced`` names the variant outright."""
         if not self.ready:
             raise OverloadedError(
                 "the service is warming up its models; retry shortly",
                 headers={"Retry-After": str(self.settings.limits.retry_after_s)},
             )
-        assignment = self.router.choose(forced)
+        assignment = self.router.choose(user_id=user_id, forced=forced)
         model = self.models[assignment.variant]
         deadline_s = self.settings.limits.deadline_ms / 1000.0
         try:
@@ -176,7 +196,7 @@ class Predictor:
             "device": self.settings.device,
             "control": self.settings.control.name,
             "variants": [
-                self.models[v.name].summary() | {"weight": self.router.weights[v.name]}
+                self.models[v.name].summary() | {"weight": self.router.shares[v.name]}
                 for v in self.settings.variants
             ],
         }

@@ -73,6 +73,20 @@ def test_unforced_traffic_reaches_both_variants(client: TestClient) -> None:
     assert seen == {"baseline", "tuned"}
 
 
+def test_users_are_sticky_by_body_or_header(client: TestClient) -> None:
+    from service.routing import Router
+
+    router = Router({"baseline": 1, "tuned": 1}, "baseline", salt="tuneserve-1")
+    for i in range(30):
+        uid = f"user-{i}"
+        expected = router.choose(user_id=uid).variant
+        by_body = client.post("/predict", json={"text": "good", "user_id": uid}).json()["variant"]
+        by_header = client.post("/predict", json={"text": "good"}, headers={"X-User-Id": uid})
+        assert by_body == by_header.json()["variant"] == expected
+        batch = client.post("/predict_batch", json={"texts": ["a", "b"], "user_id": uid})
+        assert batch.json()["variant"] == expected
+
+
 def test_predict_batch_keeps_order_and_flags_truncation(
     client: TestClient, tiny_exports: dict[str, Path]
 ) -> None:
@@ -104,6 +118,8 @@ ERROR_CASES = [
     ("post", "/predict", b'{"text": "x", "variant": "v9"}', 400, "invalid_input",
      "unknown variant 'v9'"),
     ("post", "/predict", b'{"text": "x", "user_id": 7}', 400, "invalid_input", "user_id"),
+    ("post", "/predict", b'{"text": "x", "user_id": " "}', 400, "invalid_input",
+     "user_id must be a non-empty string"),
     ("post", "/predict_batch", b'{"texts": "abc"}', 400, "invalid_input", "texts"),
     ("post", "/predict_batch", b'{"texts": []}', 400, "invalid_input", "non-empty list"),
     ("post", "/predict_batch", b'{"texts": ["a", 1]}', 400, "invalid_input",

@@ -72,3 +72,10 @@ def test_invalid_configs_name_the_problem(tmp_path: Path, text: str, message: st
 def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"set {CONFIG_ENV}"):
         load_serving_config(tmp_path / "absent.toml")
+
+
+def test_a_challenger_cannot_outgrow_its_slot(tmp_path: Path) -> None:
+    text = VARIANTS + '[[variants]]\nname = "third"\npath = "c"\n'
+    # baseline 1, tuned 3, third 1: tuned wants 60% but two challengers get 50% slots
+    with pytest.raises(ConfigError, match="'tuned' has 60% of the traffic, more than its slot"):
+        load_serving_config(_write(tmp_path, text))

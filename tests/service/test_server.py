@@ -71,6 +71,10 @@ def test_two_workers_predict_count_and_keep_text_out_of_logs(
     assert r.status_code == 400
     after = httpx.get(f"{server.url}/metrics").text
     assert codes == [200] * 64
+    sticky = {httpx.post(f"{server.url}/predict", json={"text": "good"},
+                         headers={"X-User-Id": "user-7"}).json()["variant"]
+              for _ in range(20)}  # fmt: skip
+    assert len(sticky) == 1, "one user saw two variants across the two workers"
 
     def delta(name: str, **labels: str) -> float:
         return metric_value(after, name, **labels) - metric_value(before, name, **labels)
@@ -115,7 +119,10 @@ def test_adaptive_batching_gives_each_caller_its_answer(
 def test_admission_control_sheds_with_retry_after(
     tmp_path: Path, tiny_exports: dict[str, Path], start_server: Any
 ) -> None:
-    config = _config(tmp_path, tiny_exports, workers=1, limits={"max_inflight": 1})
+    config = _config(  # BentoML's own 429 backstop well out of the way
+        tmp_path, tiny_exports, workers=1, backstop_max_concurrency=10_000,
+        limits={"max_inflight": 1},
+    )  # fmt: skip
     server = start_server(config)
     bodies = [{"text": t} for t in TEXTS]
     responses = asyncio.run(_post_all(f"{server.url}/predict", bodies))
