@@ -1,0 +1,144 @@
+"""A/B statistics for online accuracy: Wilson intervals, the two-proportion z-test, an always-valid
+(mSPRT) p-value, the sample-ratio-mismatch check, and labelled samples still needed.
+
+Standard library only (``statistics.NormalDist``, ``math``), so the report runs wherever the store
+can be read; tests check every figure against scipy and statsmodels on fixed inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+_NORMAL = NormalDist()
+
+
+def z_quantile(probability: float) -> float:
+    """The standard normal quantile."""
+    return _NORMAL.inv_cdf(probability)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion; (0, 1) without observations."""
+    if n == 0:
+        return 0.0, 1.0
+    z = z_quantile(0.5 + confidence / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Challenger minus control: the difference, its interval, and the two-sided z-test."""
+
+    difference: float
+    ci_low: float
+    ci_high: float
+    z: float
+    p_value: float
+
+
+def two_proportion_test(
+    successes_a: int, n_a: int, successes_b: int, n_b: int, confidence: float = 0.95
+) -> Difference:
+    """B minus A: pooled two-sided z-test; unpooled (Wald) interval for the difference."""
+    if n_a == 0 or n_b == 0:
+        return Difference(0.0, -1.0, 1.0, 0.0, 1.0)
+    p_a, p_b = successes_a / n_a, successes_b / n_b
+    diff = p_b - p_a
+    pooled = (successes_a + successes_b) / (n_a + n_b)
+    se_pooled = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    z = diff / se_pooled if se_pooled > 0 else 0.0
+    p_value = 2 * (1 - _NORMAL.cdf(abs(z))) if se_pooled > 0 else 1.0
+    se = math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
+    half = z_quantile(0.5 + confidence / 2) * se
+    return Difference(diff, diff - half, diff + half, z, p_value)
+
+
+def msprt_likelihood_ratio(difference: float, variance: float, tau: float) -> float:
+    """The normal-mixture mSPRT statistic (Johari et al.) for an estimate ~ N(theta, variance)
+    tested against theta = 0, with a N(0, tau^2) mixing distribution."""
+    if variance <= 0:
+        return 1.0
+    total = variance + tau * tau
+    exponent = tau * tau * difference * difference / (2 * variance * total)
+    return math.sqrt(variance / total) * math.exp(min(exponent, 700.0))
+
+
+def always_valid_p_values(
+    checkpoints: Sequence[tuple[int, int, int, int]], tau: float
+) -> list[float]:
+    """Running always-valid p-values, one per checkpoint ``(successes_a, n_a, successes_b, n_b)``
+    (cumulative counts in time order): p_k = min(1, min over j <= k of 1 / Lambda_j).
+
+    The variance of the difference is estimated at each checkpoint from the observed rates,
+    shrunk towards 1/2 by one pseudo-observation so that all-correct arms are not certain."""
+    p_values = []
+    running = 1.0
+    for s_a, n_a, s_b, n_b in checkpoints:
+        if n_a > 0 and n_b > 0:
+            r_a, r_b = (s_a + 0.5) / (n_a + 1), (s_b + 0.5) / (n_b + 1)
+            variance = r_a * (1 - r_a) / n_a + r_b * (1 - r_b) / n_b
+            ratio = msprt_likelihood_ratio(s_b / n_b - s_a / n_a, variance, tau)
+            running = min(running, 1.0 / ratio)
+        p_values.append(min(1.0, running))
+    return p_values
+
+
+def chi2_survival(x: float, df: int) -> float:
+    """P(X >= x) for a chi-square variable with integer ``df`` (closed form)."""
+    if x <= 0:
+        return 1.0
+    half = x / 2
+    if df % 2 == 0:
+        term, total = 1.0, 1.0
+        for i in range(1, df // 2):
+            term *= half / i
+            total += term
+        return math.exp(-half) * total
+    total = math.erfc(math.sqrt(half))
+    term = math.sqrt(2 * x / math.pi) * math.exp(-half)
+    for k in range(1, (df + 1) // 2):
+        total += term
+        term *= x / (2 * k + 1)
+    return min(1.0, total)
+
+
+@dataclass(frozen=True)
+class SampleRatioCheck:
+    """Whether the observed split of units matches the configured one."""
+
+    chi2: float
+    p_value: float
+    mismatch: bool
+
+
+def sample_ratio_check(
+    observed: Mapping[str, int], expected_shares: Mapping[str, float], alpha: float = 0.001
+) -> SampleRatioCheck:
+    """Chi-square goodness of fit of the observed counts to the configured shares."""
+    names = [n for n in expected_shares if expected_shares[n] > 0]
+    total = sum(observed.get(n, 0) for n in names)
+    share_sum = sum(expected_shares[n] for n in names)
+    if total == 0 or len(names) < 2:
+        return SampleRatioCheck(0.0, 1.0, False)
+    chi2 = 0.0
+    for name in names:
+        expected = total * expected_shares[name] / share_sum
+        chi2 += (observed.get(name, 0) - expected) ** 2 / expected
+    p_value = chi2_survival(chi2, len(names) - 1)
+    return SampleRatioCheck(chi2, p_value, p_value < alpha)
+
+
+def samples_needed(
+    p_control: float, minimum_effect: float, alpha: float = 0.05, power: float = 0.8
+) -> int:
+    """Labelled samples per arm to detect ``minimum_effect`` (absolute) with a two-sided test."""
+    p_other = min(max(p_control + minimum_effect, 0.0), 1.0)
+    z = z_quantile(1 - alpha / 2) + z_quantile(power)
+    variance = p_control * (1 - p_control) + p_other * (1 - p_other)
+    return math.ceil(z * z * variance / (minimum_effect * minimum_effect))
