@@ -1,0 +1,117 @@
+"""A/B statistics against scipy and statsmodels on fixed inputs, and the mSPRT under the null."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.proportion import (
+    confint_proportions_2indep,
+    proportion_confint,
+    proportion_effectsize,
+    proportions_ztest,
+)
+
+from service.stats import (
+    always_valid_p_values,
+    chi2_survival,
+    msprt_likelihood_ratio,
+    sample_ratio_check,
+    samples_needed,
+    two_proportion_test,
+    wilson_interval,
+)
+
+
+@pytest.mark.parametrize(("successes", "n"), [(0, 10), (7, 10), (10, 10), (412, 500), (1, 3)])
+def test_wilson_matches_statsmodels(successes: int, n: int) -> None:
+    expected = proportion_confint(successes, n, alpha=0.05, method="wilson")
+    assert wilson_interval(successes, n) == pytest.approx(expected, abs=1e-12)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("s_a", "n_a", "s_b", "n_b"), [(700, 872, 776, 872), (45, 100, 52, 110), (90, 100, 90, 100)]
+)
+def test_two_proportion_test_matches_statsmodels(s_a: int, n_a: int, s_b: int, n_b: int) -> None:
+    result = two_proportion_test(s_a, n_a, s_b, n_b)
+    z, p = proportions_ztest([s_b, s_a], [n_b, n_a])
+    low, high = confint_proportions_2indep(s_b, n_b, s_a, n_a, method="wald", compare="diff")
+    assert result.difference == pytest.approx(s_b / n_b - s_a / n_a)
+    assert result.z == pytest.approx(0.0 if np.isnan(z) else z, abs=1e-9)
+    assert result.p_value == pytest.approx(1.0 if np.isnan(p) else p, abs=1e-9)
+    assert (result.ci_low, result.ci_high) == pytest.approx((low, high), abs=1e-9)
+
+
+@pytest.mark.parametrize(("difference", "variance", "tau"),
+                         [(0.03, 1e-4, 0.05), (0.0, 4e-4, 0.1), (-0.02, 2.5e-5, 0.01)])  # fmt: skip
+def test_msprt_matches_the_mixture_integral(difference: float, variance: float, tau: float) -> None:
+    """The closed form equals the normal mixture of likelihood ratios, integrated numerically."""
+    sd = math.sqrt(variance)
+
+    def ratio(theta: float) -> float:
+        return float(stats.norm.pdf(difference, theta, sd) / stats.norm.pdf(difference, 0, sd)
+                     * stats.norm.pdf(theta, 0, tau))  # fmt: skip
+
+    numeric, _ = integrate.quad(ratio, -10 * tau, 10 * tau, points=[difference])
+    assert msprt_likelihood_ratio(difference, variance, tau) == pytest.approx(numeric, rel=1e-6)
+
+
+def test_always_valid_p_values_keep_false_positives_under_alpha_when_peeking() -> None:
+    """Under the null, peeking after every 100 labels per arm up to 3,000 rejects at most alpha
+    of the time (a fixed-horizon z-test peeked at this often would reject far more)."""
+    rng = np.random.default_rng(7)
+    alpha, sims, peeks, step = 0.05, 400, 30, 100
+    rejected_msprt = rejected_naive = 0
+    for _ in range(sims):
+        a = np.cumsum(rng.random(peeks * step) < 0.8)[step - 1 :: step]
+        b = np.cumsum(rng.random(peeks * step) < 0.8)[step - 1 :: step]
+        n = np.arange(1, peeks + 1) * step
+        checkpoints = [(int(x), int(m), int(y), int(m)) for x, y, m in zip(a, b, n, strict=True)]
+        rejected_msprt += min(always_valid_p_values(checkpoints, tau=0.05)) <= alpha
+        rejected_naive += any(two_proportion_test(*c).p_value <= alpha for c in checkpoints)
+    assert rejected_msprt / sims <= alpha
+    assert rejected_naive / sims > 2 * alpha  # the problem the always-valid p-value solves
+
+
+def test_always_valid_p_value_detects_a_real_difference() -> None:
+    rng = np.random.default_rng(3)
+    a = np.cumsum(rng.random(4000) < 0.80)[99::100]
+    b = np.cumsum(rng.random(4000) < 0.88)[99::100]
+    n = np.arange(1, 41) * 100
+    p = always_valid_p_values(
+        [(int(x), int(m), int(y), int(m)) for x, y, m in zip(a, b, n, strict=True)], 0.05
+    )
+    assert p == sorted(p, reverse=True)  # never increases
+    assert p[-1] < 0.01
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 7])
+@pytest.mark.parametrize("x", [0.1, 1.0, 3.84, 10.0, 16.0, 40.0])
+def test_chi2_survival_matches_scipy(x: float, df: int) -> None:
+    assert chi2_survival(x, df) == pytest.approx(stats.chi2.sf(x, df), rel=1e-9, abs=1e-300)
+
+
+def test_sample_ratio_mismatch() -> None:
+    flagged = sample_ratio_check({"baseline": 5200, "tuned": 4800}, {"baseline": 0.5, "tuned": 0.5})
+    assert flagged.mismatch and flagged.p_value == pytest.approx(
+        stats.chisquare([5200, 4800]).pvalue
+    )
+    fair = sample_ratio_check({"baseline": 5040, "tuned": 4960}, {"baseline": 0.5, "tuned": 0.5})
+    assert not fair.mismatch
+    three = sample_ratio_check({"c": 5000, "a": 3000, "b": 2000}, {"c": 0.5, "a": 0.3, "b": 0.2})
+    assert not three.mismatch and three.chi2 == 0
+    assert not sample_ratio_check({}, {"c": 1.0, "a": 1.0}).mismatch
+
+
+def test_samples_needed_matches_the_textbook_and_statsmodels() -> None:
+    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)  # (z_a/2 + z_b)^2 (p1 q1 + p2 q2) / d^2
+    assert samples_needed(0.5, 0.05) == math.ceil(z * z * (0.25 + 0.55 * 0.45) / 0.05**2) == 1562
+    arcsine = NormalIndPower().solve_power(
+        effect_size=proportion_effectsize(0.55, 0.5), alpha=0.05, power=0.8
+    )
+    assert samples_needed(0.5, 0.05) == pytest.approx(arcsine, rel=0.01)
+    assert samples_needed(0.88, 0.02) > samples_needed(0.88, 0.04)
