@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from service.config import ServingConfig, load_serving_config
 from service.errors import NotFoundError, ServiceError
+from service.ids import load_key
 from service.logs import install_request_text_filter
 from service.middleware import GuardMiddleware
 from service.model import read_export
@@ -33,6 +34,8 @@ def _checked_settings() -> ServingConfig:
         settings = load_serving_config()
         for variant in settings.variants:
             read_export(variant.path)
+        # made here, in the main process, so every worker reads the same key
+        load_key(settings.experiment.id_key_env, settings.experiment.id_key_file)
     except TuneserveError as exc:
         print(f"tuneserve: cannot serve: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

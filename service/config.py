@@ -67,6 +67,16 @@ class ExperimentConfig(StrictConfig):
         min_length=1,
         description="hashed with each user id into buckets; a new salt starts a new experiment",
     )
+    id_key_env: str = Field(
+        "TUNESERVE_ID_KEY",
+        description="environment variable with the key that signs prediction ids (share it "
+        "between replicas)",
+    )
+    id_key_file: Path = Field(
+        Path(".tuneserve/prediction-id.key"),
+        description="where the signing key is kept when the environment variable is unset "
+        "(created once, mode 0600)",
+    )
 
 
 class LimitsConfig(StrictConfig):

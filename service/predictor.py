@@ -10,7 +10,6 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,6 +22,7 @@ from service.errors import (
     OverloadedError,
     PayloadTooLargeError,
 )
+from service.ids import PredictionIds, load_key
 from service.model import VariantModel
 from service.routing import Assignment, Router
 
@@ -30,11 +30,6 @@ logger = logging.getLogger(__name__)
 
 # Beyond this many characters, tokenising leaves the event loop for a worker thread.
 _LOOP_TOKENIZE_CHARS = 20_000
-
-
-def new_prediction_id() -> str:
-    """A fresh, unguessable prediction id."""
-    return uuid.uuid4().hex
 
 
 def check_texts(texts: Any, max_texts: int) -> list[str]:
@@ -95,6 +90,8 @@ class Predictor:
             control=settings.control.name,
             salt=settings.experiment.salt,
         )
+        experiment = settings.experiment
+        self.ids = PredictionIds(load_key(experiment.id_key_env, experiment.id_key_file))
         self.ready = False
         self.warmup_error: BaseException | None = None
         for variant in settings.variants:
@@ -167,7 +164,7 @@ class Predictor:
             self._count(assignment, prediction.label, prediction.score, prediction.truncated)
             answers.append(
                 {
-                    "prediction_id": new_prediction_id(),
+                    "prediction_id": self.ids.new(),
                     "variant": assignment.variant,
                     "model_version": model.version,
                     "label": prediction.label,

@@ -25,6 +25,8 @@ def write_serving_config(
     sections (``batching={...}``, ``limits={...}``)."""
     lines = []
     tables = []
+    experiment = {"id_key_file": str(path.parent / "prediction-id.key")}
+    sections = {**sections, "experiment": experiment | dict(sections.get("experiment", {}))}
     for key, value in sections.items():
         if isinstance(value, dict):
             tables.append(f"[{key}]")

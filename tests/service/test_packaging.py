@@ -127,3 +127,4 @@ def test_bentoml_build_packs_service_config_and_models(
     packed = bento / "env" / "python" / "requirements.txt"
     assert _requirements(packed) >= _requirements(REPO / "requirements" / "serve.txt")
     assert not (src / "tests").exists() and not (src / "training").exists()
+    assert not (src / ".tuneserve").exists(), "the prediction id key must not ship in the bento"

@@ -109,6 +109,7 @@ def test_concurrent_callers_each_get_their_own_answer(
     got = np.array([[a["scores"]["negative"], a["scores"]["positive"]] for a in answers])
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert len({a["prediction_id"] for a in answers}) == 64
+    assert all(predictor.ids.is_ours(a["prediction_id"]) for a in answers)
     assert all(a["forced"] and a["variant"] == "tuned" for a in answers)
     model_calls = _histogram_count(metrics.BATCH_SIZE, "tuned") - before
     if mode == "adaptive":

@@ -1,0 +1,77 @@
+"""Prediction ids the service can recognise without a database: random, signed with an HMAC.
+
+An id is 24 hex characters of randomness followed by the first 16 hex characters of
+HMAC-SHA256(key, randomness). Feedback for an id the service never issued is refused at once,
+without waiting for the prediction log; every worker and replica holding the key agrees.
+
+The key comes from the environment variable named in the config (``experiment.id_key_env``) or,
+without it, from a key file created once with mode 0600 (``experiment.id_key_file``), so that
+workers and restarts share it. Replicas behind a load balancer must share the environment key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from tuneserve.errors import ConfigError
+
+_RANDOM_HEX = 24
+_TAG_HEX = 16
+ID_LENGTH = _RANDOM_HEX + _TAG_HEX
+
+
+class PredictionIds:
+    """Issues and recognises signed prediction ids."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ConfigError("the prediction id key must be at least 16 bytes")
+        self._key = key
+
+    def _tag(self, nonce: str) -> str:
+        return hmac.new(self._key, nonce.encode(), hashlib.sha256).hexdigest()[:_TAG_HEX]
+
+    def new(self) -> str:
+        """A fresh id."""
+        nonce = secrets.token_hex(_RANDOM_HEX // 2)
+        return nonce + self._tag(nonce)
+
+    def is_ours(self, prediction_id: str) -> bool:
+        """True when this service (any worker or replica with the key) issued the id."""
+        if len(prediction_id) != ID_LENGTH:
+            return False
+        nonce, tag = prediction_id[:_RANDOM_HEX], prediction_id[_RANDOM_HEX:]
+        return hmac.compare_digest(tag, self._tag(nonce))
+
+
+def load_key(env_name: str, key_file: Path) -> bytes:
+    """The key from ``$env_name`` (hex or text), else from ``key_file`` (created if absent)."""
+    value = os.environ.get(env_name)
+    if value:
+        return value.encode()
+    if not key_file.is_file():
+        try:
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = key_file.with_name(f".{key_file.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+            try:
+                os.link(tmp, key_file)  # atomic: the file appears with its content, or not at all
+            except FileExistsError:
+                pass  # another process made it first: use theirs
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the prediction id key file {key_file}: {exc.strerror}; "
+                f"set {env_name} or experiment.id_key_file"
+            ) from exc
+    key = key_file.read_text().strip()
+    if len(key) < 16:
+        raise ConfigError(f"the prediction id key file {key_file} is too short: delete it")
+    return key.encode()
