@@ -149,6 +149,23 @@ class Tuneserve:
         }
         return JSONResponse(body, headers={"X-Model-Variant": assignment.variant})  # type: ignore[return-value]
 
+    @bentoml.api(route="/feedback")
+    async def feedback(
+        self,
+        ctx: bentoml.Context,
+        prediction_id: Annotated[str, Field(description="the id a prediction answered with")],
+        label: Annotated[str, Field(description="the true label (one of the model's labels)")],
+    ) -> dict[str, Any]:
+        """Record the true label of a prediction; stored before this answer is sent.
+
+        The first label stored for an id wins; repeating it changes nothing
+        (``status: duplicate`` with the label kept)."""
+        try:
+            body = await self.predictor.feedback(prediction_id, label)
+        except ServiceError as error:
+            return _error_response(error, ctx)  # type: ignore[return-value]
+        return JSONResponse(body)  # type: ignore[return-value]
+
 
 # The decorator made Tuneserve a bentoml Service (typed as the class it wraps).
 cast(Any, Tuneserve).add_asgi_middleware(GuardMiddleware, limits=SETTINGS.limits)

@@ -79,6 +79,22 @@ class ExperimentConfig(StrictConfig):
     )
 
 
+class StoreConfig(StrictConfig):
+    """Where predictions, feedback and the experiment history are kept."""
+
+    path: Path = Field(
+        Path(".tuneserve/experiment.sqlite"),
+        description="SQLite file (WAL mode), shared by the workers of one machine",
+    )
+    busy_timeout_ms: PositiveInt = Field(5000, description="how long a write waits for a lock")
+    log_queue_size: PositiveInt = Field(
+        10_000,
+        description="prediction rows waiting to be written; beyond it rows are dropped "
+        "and counted (tuneserve_log_dropped_total)",
+    )
+    log_text: bool = Field(False, description="also store the request text (off: never stored)")
+
+
 class LimitsConfig(StrictConfig):
     """Input limits, admission control and deadlines (the error contract's numbers)."""
 
@@ -124,6 +140,9 @@ class ServingConfig(StrictConfig):
     )
     experiment: ExperimentConfig = Field(
         default_factory=lambda: ExperimentConfig.model_validate({}), description="A/B routing"
+    )
+    store: StoreConfig = Field(
+        default_factory=lambda: StoreConfig.model_validate({}), description="experiment store"
     )
     limits: LimitsConfig = Field(
         default_factory=lambda: LimitsConfig.model_validate({}), description="limits"
@@ -210,6 +229,7 @@ __all__ = [
     "ExperimentConfig",
     "LimitsConfig",
     "ServingConfig",
+    "StoreConfig",
     "VariantConfig",
     "config_path",
     "load_serving_config",

@@ -79,3 +79,14 @@ READY = Gauge(
     "1 when every variant of the worker is loaded and warmed (minimum over live workers)",
     multiprocess_mode="livemin",
 )
+LOG_WRITTEN = Counter("tuneserve_log_written", "Prediction rows written to the store")
+LOG_DROPPED = Counter(
+    "tuneserve_log_dropped",
+    "Prediction rows not written to the store, by kind (queue_full, write_failed)",
+    ["kind"],
+)
+FEEDBACK = Counter(
+    "tuneserve_feedback",
+    "Feedback posts by variant (pending: its prediction row is not written yet) and outcome",
+    ["variant", "outcome"],
+)

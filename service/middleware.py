@@ -28,7 +28,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PREDICT_KINDS = frozenset({"predict", "predict_batch"})
-KNOWN_KINDS = frozenset({"predict", "predict_batch", "models", "livez", "readyz", "metrics"})
+KNOWN_KINDS = frozenset(
+    {"predict", "predict_batch", "feedback", "models", "livez", "readyz", "metrics"}
+)
 
 
 def endpoint_kind(path: str) -> str:

@@ -19,12 +19,15 @@ from service.config import ServingConfig
 from service.errors import (
     DeadlineError,
     InvalidInputError,
+    NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
 )
 from service.ids import PredictionIds, load_key
 from service.model import VariantModel
+from service.predlog import PredictionLog
 from service.routing import Assignment, Router
+from service.store import Store, unit_hash
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,12 @@ class Predictor:
         )
         experiment = settings.experiment
         self.ids = PredictionIds(load_key(experiment.id_key_env, experiment.id_key_file))
+        self.log = PredictionLog(
+            lambda: Store(settings.store.path, settings.store.busy_timeout_ms),
+            max_queue=settings.store.log_queue_size,
+        )
+        self.feedback_store = Store(settings.store.path, settings.store.busy_timeout_ms)
+        self.labels = sorted({label for m in self.models.values() for label in m.labels})
         self.ready = False
         self.warmup_error: BaseException | None = None
         for variant in settings.variants:
@@ -143,6 +152,7 @@ class Predictor:
                 "the service is warming up its models; retry shortly",
                 headers={"Retry-After": str(self.settings.limits.retry_after_s)},
             )
+        started = time.perf_counter()
         assignment = self.router.choose(user_id=user_id, forced=forced)
         model = self.models[assignment.variant]
         deadline_s = self.settings.limits.deadline_ms / 1000.0
@@ -159,12 +169,30 @@ class Predictor:
                 f"the prediction did not finish within {self.settings.limits.deadline_ms:g} ms"
             ) from None
         answers = []
-        for row, encoding in zip(probs, encodings, strict=True):
+        now, latency_ms = time.time(), (time.perf_counter() - started) * 1000
+        hashed = unit_hash(self.settings.experiment.salt, user_id) if user_id else None
+        for text, row, encoding in zip(texts, probs, encodings, strict=True):
             prediction = model.answer(row, encoding)
             self._count(assignment, prediction.label, prediction.score, prediction.truncated)
+            prediction_id = self.ids.new()
+            self.log.submit(
+                {
+                    "id": prediction_id,
+                    "ts": now,
+                    "variant": assignment.variant,
+                    "model_version": model.version,
+                    "unit": assignment.unit,
+                    "unit_hash": hashed,
+                    "forced": int(assignment.forced),
+                    "label": prediction.label,
+                    "score": prediction.score,
+                    "latency_ms": latency_ms,
+                    "text": text if self.settings.store.log_text else None,
+                }
+            )
             answers.append(
                 {
-                    "prediction_id": self.ids.new(),
+                    "prediction_id": prediction_id,
                     "variant": assignment.variant,
                     "model_version": model.version,
                     "label": prediction.label,
@@ -175,6 +203,23 @@ class Predictor:
                 }
             )
         return assignment, model, answers
+
+    async def feedback(self, prediction_id: Any, label: Any) -> dict[str, Any]:
+        """Store feedback before answering; 404 for ids never issued, 400 for unknown labels."""
+        if not isinstance(prediction_id, str) or not self.ids.is_ours(prediction_id):
+            metrics.FEEDBACK.labels(variant="unknown", outcome="unknown_id").inc()
+            raise NotFoundError("no prediction with this id was issued by this service")
+        if not isinstance(label, str) or label not in self.labels:
+            metrics.FEEDBACK.labels(variant="unknown", outcome="invalid_label").inc()
+            raise InvalidInputError(
+                f"label must be one of {', '.join(self.labels)} (the models' label map)"
+            )
+        loop = asyncio.get_running_loop()
+        store = self.feedback_store
+        result = await loop.run_in_executor(None, store.add_feedback, prediction_id, label)
+        variant = await loop.run_in_executor(None, store.variant_of, prediction_id)
+        metrics.FEEDBACK.labels(variant=variant or "pending", outcome=result.status).inc()
+        return {"prediction_id": prediction_id, "label": result.label, "status": result.status}
 
     def _count(self, assignment: Assignment, label: str, score: float, truncated: bool) -> None:
         variant = assignment.variant
@@ -199,7 +244,9 @@ class Predictor:
         }
 
     async def close(self) -> None:
-        """Stop the batchers and the inference threads."""
+        """Stop the batchers and the inference threads; flush the prediction log."""
         for runner in self.runners.values():
             await runner.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.log.close()
+        self.feedback_store.close()

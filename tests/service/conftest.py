@@ -26,7 +26,12 @@ def write_serving_config(
     lines = []
     tables = []
     experiment = {"id_key_file": str(path.parent / "prediction-id.key")}
-    sections = {**sections, "experiment": experiment | dict(sections.get("experiment", {}))}
+    store = {"path": str(path.parent / "experiment.sqlite")}
+    sections = {
+        **sections,
+        "experiment": experiment | dict(sections.get("experiment", {})),
+        "store": store | dict(sections.get("store", {})),
+    }
     for key, value in sections.items():
         if isinstance(value, dict):
             tables.append(f"[{key}]")

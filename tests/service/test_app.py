@@ -210,3 +210,24 @@ def test_deadline_answers_504_in_the_error_shape(
         "kind": "deadline",
         "status": 504,
     }
+
+
+def test_feedback_contract(client: TestClient) -> None:
+    answer = client.post("/predict", json={"text": "a lovely film", "user_id": "fb"}).json()
+    pid = answer["prediction_id"]
+    first = client.post("/feedback", json={"prediction_id": pid, "label": "positive"})
+    assert first.status_code == 200
+    assert first.json() == {"prediction_id": pid, "label": "positive", "status": "stored"}
+    again = client.post("/feedback", json={"prediction_id": pid, "label": "negative"})
+    assert again.json() == {"prediction_id": pid, "label": "positive", "status": "duplicate"}
+    forged = pid[:-1] + ("0" if pid[-1] != "0" else "1")
+    for body, status, message in [
+        ({"prediction_id": forged, "label": "positive"}, 404, "no prediction with this id"),
+        ({"prediction_id": "not-an-id", "label": "positive"}, 404, "no prediction with this id"),
+        ({"prediction_id": pid, "label": "Positive"}, 400, "label must be one of negative, "),
+        ({"prediction_id": pid}, 400, "label: Field required"),
+        ({"prediction_id": 5, "label": "positive"}, 400, "prediction_id: Input should be"),
+    ]:
+        r = client.post("/feedback", json=body)
+        assert r.status_code == status, r.text
+        assert message in r.json()["error"] and r.json()["status"] == status

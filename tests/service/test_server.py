@@ -189,3 +189,30 @@ def test_cli_serve_try_out_prints_a_table_per_variant(
     assert "baseline" in out and "tuned" in out
     assert main([*argv, "--texts", str(tmp_path / "absent.tsv")]) == 1
     assert main(["serve", "--config", str(tmp_path / "absent.toml")]) == 1
+
+
+def test_feedback_under_load_is_all_stored_and_the_log_flushed_on_shutdown(
+    tmp_path: Path, tiny_exports: dict[str, Path], start_server: Any
+) -> None:
+    from service.store import Store
+
+    config = _config(tmp_path, tiny_exports, workers=2)
+    server = start_server(config)
+    bodies = [{"text": t, "user_id": f"user-{i}"} for i, t in enumerate(TEXTS)]
+    answers = asyncio.run(_post_all(f"{server.url}/predict", bodies, concurrency=16))
+    feedback = [{"prediction_id": r.json()["prediction_id"], "label": "positive"} for r in answers]
+    feedback_urls = f"{server.url}/feedback"
+    acks = asyncio.run(_post_all(feedback_urls, feedback, concurrency=32))
+    assert [r.json()["status"] for r in acks] == ["stored"] * 64
+    server.stop()
+    store = Store(tmp_path / "experiment.sqlite")
+    assert store.count("feedback") == 64
+    assert store.count("predictions") == 64  # the log was flushed when the workers stopped
+    labelled = store.labelled()
+    assert len(labelled) == 64
+    by_variant = {v for v, _, _, _ in labelled}
+    assert by_variant == {"baseline", "tuned"}
+    rows = store.conn.execute("SELECT unit, unit_hash, forced, text FROM predictions").fetchall()
+    assert all(
+        unit == "user" and h and forced == 0 and text is None for unit, h, forced, text in rows
+    )

@@ -1,0 +1,76 @@
+"""The prediction log, written off the request path: a bounded queue drained by one thread.
+
+A request only puts its rows on the queue (never waiting); the writer thread stores them in
+batches. When the queue is full, rows are dropped and counted in
+``tuneserve_log_dropped_total``, never silently. Closing flushes what is queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from service import metrics
+from service.store import Store
+
+logger = logging.getLogger(__name__)
+_STOP = object()
+
+
+class PredictionLog:
+    """Queue + writer thread in front of a :class:`Store`."""
+
+    def __init__(
+        self, open_store: Callable[[], Store], max_queue: int = 10_000, batch_size: int = 256
+    ) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self.batch_size = batch_size
+        self.store = open_store()
+        self._thread = threading.Thread(target=self._run, name="tuneserve-log", daemon=True)
+        self._thread.start()
+
+    def submit(self, row: dict[str, Any]) -> bool:
+        """Queue one row; False (and counted) when the queue is full."""
+        try:
+            self.queue.put_nowait(row)
+        except queue.Full:
+            metrics.LOG_DROPPED.labels(kind="queue_full").inc()
+            return False
+        return True
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self.queue.get()
+            batch = []
+            while item is not _STOP:
+                batch.append(item)
+                if len(batch) >= self.batch_size:
+                    break
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+            stopping = item is _STOP
+            if batch:
+                self._write(batch)
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            self.store.log_predictions(batch)
+        except Exception as exc:  # a store failure must not take the service down
+            metrics.LOG_DROPPED.labels(kind="write_failed").inc(len(batch))
+            logger.error("prediction log: %d rows not written: %s", len(batch), type(exc).__name__)
+        else:
+            metrics.LOG_WRITTEN.inc(len(batch))
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Flush what is queued, then stop the writer."""
+        self.queue.put(_STOP)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            logger.error("prediction log: flush did not finish in %.0f s", timeout_s)
+        self.store.close()
