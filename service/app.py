@@ -8,6 +8,7 @@ corrupt model stops ``bentoml serve`` before any worker starts.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Annotated, Any, cast
 
@@ -15,7 +16,7 @@ import bentoml
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from service.config import ServingConfig, load_serving_config
@@ -25,6 +26,7 @@ from service.logs import install_request_text_filter
 from service.middleware import GuardMiddleware
 from service.model import read_export
 from service.predictor import Predictor, check_text, check_texts, check_user_id
+from service.report import build_report, format_report
 from tuneserve.errors import TuneserveError
 
 
@@ -44,8 +46,6 @@ def _checked_settings() -> ServingConfig:
 
 SETTINGS = _checked_settings()
 
-_predictors: list[Predictor] = []  # the worker's Predictor, once BentoML has built the service
-
 
 def _error_response(error: ServiceError, ctx: Any = None) -> JSONResponse:
     if ctx is not None:  # BentoML sets the status of an endpoint taking a context from it
@@ -53,10 +53,19 @@ def _error_response(error: ServiceError, ctx: Any = None) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-async def _models(_: Request) -> JSONResponse:
-    if not _predictors:
-        return _error_response(NotFoundError("the service is still starting"))
-    return JSONResponse(_predictors[0].summary())
+def _predictor(request: Request) -> Predictor:
+    """The worker's Predictor, set on the mounted app once BentoML has built the service."""
+    predictor = getattr(request.app.state, "predictor", None)
+    if predictor is None:
+        raise NotFoundError("the service is still starting")
+    return predictor
+
+
+async def _models(request: Request) -> JSONResponse:
+    try:
+        return JSONResponse(_predictor(request).summary())
+    except ServiceError as error:
+        return _error_response(error)
 
 
 USER_ID_HEADER = "X-User-Id"
@@ -68,7 +77,27 @@ ForcedVariant = Annotated[
     str | None, Field(description="force this variant (QA); kept out of the A/B statistics")
 ]
 
-routes = Starlette(routes=[Route("/models", _models, methods=["GET"])])
+
+async def _ab_report(request: Request) -> Response:
+    try:
+        predictor = _predictor(request)
+    except ServiceError as error:
+        return _error_response(error)
+    loop = asyncio.get_running_loop()
+    report = await loop.run_in_executor(
+        None, build_report, predictor.feedback_store, predictor.settings
+    )
+    if request.query_params.get("format") == "text":
+        return PlainTextResponse(format_report(report) + "\n")
+    return JSONResponse(report)
+
+
+routes = Starlette(
+    routes=[
+        Route("/models", _models, methods=["GET"]),
+        Route("/ab/report", _ab_report, methods=["GET"]),
+    ]
+)
 
 
 @bentoml.service(
@@ -90,7 +119,7 @@ class Tuneserve:
     def __init__(self) -> None:
         install_request_text_filter()
         self.predictor = Predictor(SETTINGS)
-        _predictors[:] = [self.predictor]
+        routes.state.predictor = self.predictor
         self.predictor.start_warm_up()
 
     def __is_ready__(self) -> bool:

@@ -13,6 +13,7 @@ from service.routing import slot_fraction
 from tuneserve.config import (
     NonNegativeFloat,
     NonNegativeInt,
+    OpenUnit,
     PositiveFloat,
     PositiveInt,
     StrictConfig,
@@ -66,6 +67,16 @@ class ExperimentConfig(StrictConfig):
         "tuneserve-1",
         min_length=1,
         description="hashed with each user id into buckets; a new salt starts a new experiment",
+    )
+    alpha: OpenUnit = Field(0.05, description="significance level of the comparisons")
+    power: OpenUnit = Field(0.8, description="power for the labelled samples still needed")
+    minimum_effect: OpenUnit = Field(
+        0.02, description="smallest accuracy difference worth detecting (absolute, 0.02 = 2 points)"
+    )
+    msprt_tau: PositiveFloat = Field(
+        0.05,
+        description="prior scale of the always-valid test's normal mixture (the size of "
+        "difference it is most sensitive to)",
     )
     id_key_env: str = Field(
         "TUNESERVE_ID_KEY",

@@ -132,3 +132,32 @@ def try_out(url: str, texts: list[Any], labels: list[Any], origin: str) -> None:
             f"{np.percentile(lat, 50):>8.1f}{np.percentile(lat, 99):>8.1f}"
         )
     print("(latency measured by this client, 4 requests at a time, on the same machine)")
+    post_feedback_and_report(url, results, labels, names)
+
+
+def post_feedback_and_report(
+    url: str,
+    results: list[tuple[int, dict[str, Any], float]],
+    labels: list[Any],
+    names: dict[str, list[str]],
+) -> None:
+    """Post each true label as feedback, then print the service's A/B report."""
+    jobs = []
+    for (status, body, _), truth in zip(results, labels, strict=True):
+        if status == 200:
+            label_names = names[body["variant"]]
+            label = label_names[int(truth)] if str(truth).isdigit() else str(truth)
+            jobs.append({"prediction_id": body["prediction_id"], "label": label})
+    with ThreadPoolExecutor(4) as pool:
+        acks = list(pool.map(lambda job: _post(f"{url}/feedback", job)[0], jobs))
+    stored = sum(1 for status in acks if status == 200)
+    deadline = time.monotonic() + 10
+    while True:  # the prediction log is written off the request path: wait until it caught up
+        with urllib.request.urlopen(f"{url}/ab/report", timeout=30) as response:
+            report = json.loads(response.read())
+        if sum(v["labelled"] for v in report["variants"]) >= stored or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    with urllib.request.urlopen(f"{url}/ab/report?format=text", timeout=30) as response:
+        text = response.read().decode()
+    print(f"\nfeedback: {stored} of {len(jobs)} true labels stored\n{text}")

@@ -29,7 +29,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PREDICT_KINDS = frozenset({"predict", "predict_batch"})
 KNOWN_KINDS = frozenset(
-    {"predict", "predict_batch", "feedback", "models", "livez", "readyz", "metrics"}
+    {"predict", "predict_batch", "feedback", "models", "ab", "livez", "readyz", "metrics"}
 )
 
 

@@ -15,6 +15,7 @@ from tuneserve import __version__
 from tuneserve.errors import TuneserveError
 
 log = logging.getLogger("tuneserve")
+SERVING_CONFIG_HELP = "serving config (default: $TUNESERVE_SERVING_CONFIG or configs/serving.toml)"
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -63,6 +64,22 @@ def _serve(args: argparse.Namespace) -> int:
     config = Path(args.config) if args.config else config_path()
     texts = Path(args.texts) if args.texts else None
     return serve(config, args.host, args.port, try_n=args.try_n, texts=texts)
+
+
+def _ab_report(args: argparse.Namespace) -> int:
+    import json
+
+    from service.config import config_path, load_serving_config
+    from service.report import build_report, format_report
+    from service.store import Store
+
+    settings = load_serving_config(Path(args.config) if args.config else config_path())
+    db = Path(args.db) if args.db else settings.store.path
+    if not db.is_file():
+        raise TuneserveError(f"no experiment store at {db}: pass --db or serve first")
+    report = build_report(Store(db), settings)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
 
 
 def _bench_model(args: argparse.Namespace) -> int:
@@ -147,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="serve the variants of a serving config (bentoml serve)")
     srv.add_argument(
         "--config",
-        help="serving config (default: $TUNESERVE_SERVING_CONFIG or configs/serving.toml)",
+        help=SERVING_CONFIG_HELP,
     )
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on")
     srv.add_argument("--port", type=int, default=3000, help="port to listen on")
@@ -161,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("--texts", help="labelled split for --try (sentence and label columns)")
     srv.set_defaults(handler=_serve)
+
+    rep = sub.add_parser("ab-report", help="print the A/B report from the experiment store")
+    rep.add_argument("--db", help="SQLite store (default: store.path of the serving config)")
+    rep.add_argument(
+        "--config",
+        help=SERVING_CONFIG_HELP,
+    )
+    rep.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rep.set_defaults(handler=_ab_report)
     return parser
 
 

@@ -231,3 +231,16 @@ def test_feedback_contract(client: TestClient) -> None:
         r = client.post("/feedback", json=body)
         assert r.status_code == status, r.text
         assert message in r.json()["error"] and r.json()["status"] == status
+
+
+def test_ab_report_over_http(client: TestClient) -> None:
+    report = client.get("/ab/report")
+    assert report.status_code == 200
+    body = report.json()
+    assert body["control"] == "baseline" and [v["variant"] for v in body["variants"]] == [
+        "baseline",
+        "tuned",
+    ]
+    assert {"p_value", "always_valid_p_value", "verdict"} <= body["comparisons"][0].keys()
+    text = client.get("/ab/report?format=text")
+    assert text.status_code == 200 and "verdict:" in text.text
