@@ -30,7 +30,7 @@ demo: env
 	$(TUNESERVE) train --config $(DEMO_CONFIG) --method both --run-id $(RUN_ID) --overwrite
 	$(TUNESERVE) export --from artifacts/train/$(RUN_ID)-head --overwrite
 	$(TUNESERVE) export --from artifacts/train/$(RUN_ID)-lora --overwrite
-	$(TUNESERVE) serve --config $(SERVING_CONFIG) --port $(PORT) --try 300 --texts $(SST2)/test.tsv
+	$(TUNESERVE) serve --config $(SERVING_CONFIG) --port $(PORT) --try 872 --texts $(SST2)/test.tsv
 
 # Serve the models of the last demo run (Ctrl-C stops it).
 serve: env
