@@ -30,6 +30,8 @@ demo: env
 	$(TUNESERVE) train --config $(DEMO_CONFIG) --method both --run-id $(RUN_ID) --overwrite
 	$(TUNESERVE) export --from artifacts/train/$(RUN_ID)-head --overwrite
 	$(TUNESERVE) export --from artifacts/train/$(RUN_ID)-lora --overwrite
+	# a fresh experiment: the demo's store starts empty
+	rm -f artifacts/serving/experiment.sqlite artifacts/serving/experiment.sqlite-*
 	$(TUNESERVE) serve --config $(SERVING_CONFIG) --port $(PORT) --try 872 --texts $(SST2)/test.tsv
 
 # Serve the models of the last demo run (Ctrl-C stops it).
