@@ -19,10 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from service.admin import check_token
 from service.config import ServingConfig, load_serving_config
-from service.errors import NotFoundError, ServiceError
+from service.errors import InvalidInputError, NotFoundError, ServiceError
 from service.ids import load_key
-from service.logs import install_request_text_filter
+from service.logs import install_request_text_filter, install_service_logging
 from service.middleware import GuardMiddleware
 from service.model import read_export
 from service.predictor import Predictor, check_text, check_texts, check_user_id
@@ -92,10 +93,27 @@ async def _ab_report(request: Request) -> Response:
     return JSONResponse(report)
 
 
+async def _ab_config(request: Request) -> Response:
+    try:
+        predictor = _predictor(request)
+        if request.method == "GET":
+            return JSONResponse(predictor.config_summary())
+        check_token(request.headers.get("authorization"), predictor.settings.admin_token_env)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise InvalidInputError("the body is not valid JSON") from None
+        loop = asyncio.get_running_loop()
+        return JSONResponse(await loop.run_in_executor(None, predictor.change_state, body))
+    except ServiceError as error:
+        return _error_response(error)
+
+
 routes = Starlette(
     routes=[
         Route("/models", _models, methods=["GET"]),
         Route("/ab/report", _ab_report, methods=["GET"]),
+        Route("/ab/config", _ab_config, methods=["GET", "PUT"]),
     ]
 )
 
@@ -118,6 +136,7 @@ class Tuneserve:
 
     def __init__(self) -> None:
         install_request_text_filter()
+        install_service_logging()
         self.predictor = Predictor(SETTINGS)
         routes.state.predictor = self.predictor
         self.predictor.start_warm_up()

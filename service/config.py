@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from service.routing import slot_fraction
+from service.routing import check_weights
 from tuneserve.config import (
     NonNegativeFloat,
     NonNegativeInt,
@@ -178,18 +178,7 @@ class ServingConfig(StrictConfig):
         controls = [v.name for v in self.variants if v.control]
         if len(controls) != 1:
             raise ValueError(f"exactly one variant must be the control, got {controls or 'none'}")
-        total = sum(v.weight for v in self.variants)
-        if total <= 0:
-            raise ValueError("variant weights must not all be 0")
-        challengers = [v for v in self.variants if not v.control]
-        limit = slot_fraction(len(challengers))
-        for v in challengers:
-            if v.weight / total > limit + 1e-9:
-                raise ValueError(
-                    f"variant {v.name!r} has {v.weight / total:.0%} of the traffic, more than its "
-                    f"slot ({limit:.0%} with {len(challengers)} challenger(s)): lower its weight "
-                    "or raise the control's"
-                )
+        check_weights({v.name: v.weight for v in self.variants}, controls[0])
         return self
 
     @property

@@ -33,6 +33,20 @@ class InvalidInputError(ServiceError):
     kind = "invalid_input"
 
 
+class UnauthorizedError(ServiceError):
+    """An admin call without a valid bearer token."""
+
+    status = 401
+    kind = "unauthorized"
+
+
+class ForbiddenError(ServiceError):
+    """An admin call the service refuses whatever the token (no admin token configured)."""
+
+    status = 403
+    kind = "forbidden"
+
+
 class NotFoundError(ServiceError):
     """No such route, or an id the service never issued."""
 

@@ -32,3 +32,16 @@ def install_request_text_filter() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RequestTextFilter) for f in logger.filters):
             logger.addFilter(RequestTextFilter())
+
+
+def install_service_logging(level: int = logging.INFO) -> None:
+    """Send tuneserve's own log lines (``service.*``, ``tuneserve.*``) through BentoML's handlers,
+    so they appear in `bentoml serve`'s output with the worker's name and trace ids."""
+    handlers = logging.getLogger("bentoml").handlers
+    for name in ("service", "tuneserve"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if handlers and not logger.handlers:
+            for handler in handlers:
+                logger.addHandler(handler)
+            logger.propagate = False

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from service import metrics
+from service.admin import ExperimentState, apply_change, fits, initial_state
 from service.batching import Runner, make_runner
 from service.config import ServingConfig
 from service.errors import (
@@ -30,6 +31,8 @@ from service.routing import Assignment, Router
 from service.store import Store, unit_hash
 
 logger = logging.getLogger(__name__)
+
+STATE_POLL_S = 0.5  # how often a worker checks the store for a changed experiment state
 
 # Beyond this many characters, tokenising leaves the event loop for a worker thread.
 _LOOP_TOKENIZE_CHARS = 20_000
@@ -88,10 +91,10 @@ class Predictor:
             )
             for name, model in self.models.items()
         }
+        self.state = initial_state(settings)
+        self.state_version = 0
         self.router = Router(
-            {v.name: v.weight for v in settings.variants},
-            control=settings.control.name,
-            salt=settings.experiment.salt,
+            self.state.effective_weights(), control=settings.control.name, salt=self.state.salt
         )
         experiment = settings.experiment
         self.ids = PredictionIds(load_key(experiment.id_key_env, experiment.id_key_file))
@@ -101,6 +104,12 @@ class Predictor:
         )
         self.feedback_store = Store(settings.store.path, settings.store.busy_timeout_ms)
         self.labels = sorted({label for m in self.models.values() for label in m.labels})
+        self._load_state(seed=True)
+        self._stop_polling = threading.Event()
+        self._poller = threading.Thread(
+            target=self._poll_state, name="tuneserve-state", daemon=True
+        )
+        self._poller.start()
         self.ready = False
         self.warmup_error: BaseException | None = None
         for variant in settings.variants:
@@ -120,6 +129,54 @@ class Predictor:
             settings.threads,
             settings.ort_threads(),
         )
+
+    def _load_state(self, seed: bool = False) -> None:
+        """Adopt the stored experiment state (seeding it from the config on first start)."""
+        version, stored = self.feedback_store.get_state()
+        state = ExperimentState.from_json(stored) if stored else None
+        if state is None or not fits(state, self.settings):
+            if not seed:
+                return
+            if state is not None:
+                logger.warning("the serving config changed since the stored experiment state: "
+                               "starting from the config")  # fmt: skip
+            fresh = initial_state(self.settings)
+            version = self.feedback_store.put_state(fresh.to_json(), {"by": "config"})
+            state = fresh
+        self._apply_state(state, version)
+
+    def _apply_state(self, state: ExperimentState, version: int) -> None:
+        self.router = Router(
+            state.effective_weights(), control=self.settings.control.name, salt=state.salt
+        )
+        self.state, self.state_version = state, version
+        for name, share in self.router.shares.items():
+            metrics.WEIGHT.labels(variant=name).set(share)
+
+    def _poll_state(self) -> None:
+        while not self._stop_polling.wait(STATE_POLL_S):
+            try:
+                if self.feedback_store.state_version() != self.state_version:
+                    self._load_state()
+                    logger.info("adopted experiment state version %d", self.state_version)
+            except Exception as exc:  # a busy or failing store must not stop the poller
+                logger.warning("experiment state poll failed: %s", type(exc).__name__)
+
+    def change_state(self, body: Any) -> dict[str, Any]:
+        """Apply an admin change: validated, stored (with history), adopted here at once."""
+        state, change = apply_change(self.state, body, self.settings)
+        version = self.feedback_store.put_state(state.to_json(), change)
+        self._apply_state(state, version)
+        logger.info("experiment state changed to version %d", version)
+        return self.config_summary()
+
+    def config_summary(self) -> dict[str, Any]:
+        """GET /ab/config."""
+        return self.state.to_json() | {
+            "version": self.state_version,
+            "control": self.settings.control.name,
+            "shares": self.router.shares,
+        }
 
     def warm_up(self) -> None:
         """Run every model a few times, then mark the worker ready."""
@@ -248,5 +305,7 @@ class Predictor:
         for runner in self.runners.values():
             await runner.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self._stop_polling.set()
+        self._poller.join(2)
         self.log.close()
         self.feedback_store.close()

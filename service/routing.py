@@ -62,6 +62,24 @@ def slot_fraction(challengers: int) -> float:
     return (BUCKETS // max(challengers, 1)) / BUCKETS
 
 
+def check_weights(weights: Mapping[str, float], control: str) -> None:
+    """Raise ValueError unless the weights can be routed: not all 0, each challenger in its slot."""
+    total = sum(weights.values())
+    if any(w < 0 for w in weights.values()):
+        raise ValueError(f"weights must be non-negative, got {dict(weights)}")
+    if total <= 0:
+        raise ValueError("variant weights must not all be 0")
+    challengers = [name for name in weights if name != control]
+    limit = slot_fraction(len(challengers))
+    for name in challengers:
+        if weights[name] / total > limit + 1e-9:
+            raise ValueError(
+                f"variant {name!r} has {weights[name] / total:.0%} of the traffic, more than its "
+                f"slot ({limit:.0%} with {len(challengers)} challenger(s)): lower its weight "
+                "or raise the control's"
+            )
+
+
 def variant_for_bucket(bucket: int, control: str, ranges: Sequence[tuple[int, int, str]]) -> str:
     """The variant owning ``bucket`` under ``ranges`` (from :func:`layout`)."""
     for start, end, name in ranges:

@@ -52,6 +52,15 @@ MIGRATIONS: list[list[str]] = [
         )""",
     ],
 ]
+MIGRATIONS.append(
+    [
+        """CREATE TABLE experiment_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL,
+            state TEXT NOT NULL
+        )""",
+    ]
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 PREDICTION_COLUMNS = (
@@ -170,6 +179,39 @@ class Store:
                 "INSERT INTO experiment_history (ts, change) VALUES (?, ?)",
                 (time.time(), json.dumps(change, sort_keys=True)),
             )
+
+    def state_version(self) -> int:
+        """The version of the stored experiment state (0: none stored yet)."""
+        with self._lock:
+            row = self.conn.execute("SELECT version FROM experiment_state").fetchone()
+        return int(row[0]) if row else 0
+
+    def get_state(self) -> tuple[int, dict[str, Any] | None]:
+        """The stored experiment state and its version."""
+        with self._lock:
+            row = self.conn.execute("SELECT version, state FROM experiment_state").fetchone()
+        return (int(row[0]), json.loads(row[1])) if row else (0, None)
+
+    def put_state(self, state: dict[str, Any], change: dict[str, Any]) -> int:
+        """Store a new experiment state and its change in the history, atomically."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self.conn.execute("SELECT version FROM experiment_state").fetchone()
+                version = (int(row[0]) if row else 0) + 1
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO experiment_state (id, version, state) VALUES (1, ?, ?)",
+                    (version, json.dumps(state, sort_keys=True)),
+                )
+                self.conn.execute(
+                    "INSERT INTO experiment_history (ts, change) VALUES (?, ?)",
+                    (time.time(), json.dumps(change | {"version": version}, sort_keys=True)),
+                )
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        return version
 
     def history(self) -> list[tuple[float, dict[str, Any]]]:
         """Every recorded change, oldest first."""
