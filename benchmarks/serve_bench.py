@@ -200,6 +200,8 @@ def write_config(path: Path, export: Path, batching: str) -> Path:
         f'[[variants]]\nname = "tuned"\npath = "{export}"\ncontrol = true\n'
         f'[batching]\nmode = "{batching}"\nmax_batch_size = 32\n'
         "[limits]\nmax_inflight = 1024\n"
+        f'[store]\npath = "{path.with_suffix(".sqlite")}"\n'
+        f'[experiment]\nid_key_file = "{path.with_suffix(".key")}"\n'
     )
     return path
 
