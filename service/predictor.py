@@ -99,7 +99,7 @@ class Predictor:
         experiment = settings.experiment
         self.ids = PredictionIds(load_key(experiment.id_key_env, experiment.id_key_file))
         self.log = PredictionLog(
-            lambda: Store(settings.store.path, settings.store.busy_timeout_ms),
+            lambda: Store(settings.store.path, settings.store.busy_timeout_ms, durable=False),
             max_queue=settings.store.log_queue_size,
         )
         self.feedback_store = Store(settings.store.path, settings.store.busy_timeout_ms)

@@ -80,7 +80,10 @@ class FeedbackResult:
 class Store:
     """One connection to the experiment store (use one per worker thread that writes)."""
 
-    def __init__(self, path: Path, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = 5000, durable: bool = True) -> None:
+        """``durable``: every commit reaches the disk before it returns (feedback, the admin
+        state); off for the prediction log, whose commits survive a crash of the process but not
+        of the machine (WAL with synchronous=NORMAL), which spares an fsync per batch."""
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +93,7 @@ class Store:
             )  # fmt: skip
             self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            self.conn.execute("PRAGMA synchronous = FULL")  # feedback is durable once answered
+            self.conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(
                 f"cannot open the experiment store {path}: {exc} (store.path in the serving "
