@@ -1,7 +1,8 @@
 """The prediction log, written off the request path: a bounded queue drained by one thread.
 
 A request only puts its rows on the queue (never waiting); the writer thread stores them in
-batches. When the queue is full, rows are dropped and counted in
+batches, gathering rows for up to ``flush_interval_s`` so that light traffic costs one commit
+per interval rather than one per request. When the queue is full, rows are dropped and counted in
 ``tuneserve_log_dropped_total``, never silently. Closing flushes what is queued.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,10 +26,15 @@ class PredictionLog:
     """Queue + writer thread in front of a :class:`Store`."""
 
     def __init__(
-        self, open_store: Callable[[], Store], max_queue: int = 10_000, batch_size: int = 256
+        self,
+        open_store: Callable[[], Store],
+        max_queue: int = 10_000,
+        batch_size: int = 256,
+        flush_interval_s: float = 0.2,
     ) -> None:
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
         self.store = open_store()
         self._thread = threading.Thread(target=self._run, name="tuneserve-log", daemon=True)
         self._thread.start()
@@ -45,13 +52,14 @@ class PredictionLog:
         stopping = False
         while not stopping:
             item = self.queue.get()
-            batch = []
-            while item is not _STOP:
+            batch: list[dict[str, Any]] = []
+            deadline = time.monotonic() + self.flush_interval_s
+            while item is not _STOP:  # gather for a moment: one commit for many rows
                 batch.append(item)
                 if len(batch) >= self.batch_size:
                     break
                 try:
-                    item = self.queue.get_nowait()
+                    item = self.queue.get(timeout=max(deadline - time.monotonic(), 0.0))
                 except queue.Empty:
                     break
             stopping = item is _STOP
