@@ -152,13 +152,13 @@ class Predictor:
         self.state, self.state_version = state, version
         for name, share in self.router.shares.items():
             metrics.WEIGHT.labels(variant=name).set(share)
+        logger.info("using experiment state version %d: shares %s", version, self.router.shares)
 
     def _poll_state(self) -> None:
         while not self._stop_polling.wait(STATE_POLL_S):
             try:
                 if self.feedback_store.state_version() != self.state_version:
                     self._load_state()
-                    logger.info("adopted experiment state version %d", self.state_version)
             except Exception as exc:  # a busy or failing store must not stop the poller
                 logger.warning("experiment state poll failed: %s", type(exc).__name__)
 

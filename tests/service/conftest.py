@@ -93,6 +93,7 @@ class Server:
             "TUNESERVE_SERVING_CONFIG": str(config),
             "BENTOML_HOME": str(home),
             "BENTOML_DO_NOT_TRACK": "true",
+            "PYTHONUNBUFFERED": "1",  # every log line reaches the file before the server stops
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # bentoml serve sets up its own
         self.proc = subprocess.Popen(
