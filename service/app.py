@@ -85,9 +85,7 @@ async def _ab_report(request: Request) -> Response:
     except ServiceError as error:
         return _error_response(error)
     loop = asyncio.get_running_loop()
-    report = await loop.run_in_executor(
-        None, build_report, predictor.feedback_store, predictor.settings
-    )
+    report = await loop.run_in_executor(None, build_report, predictor.store, predictor.settings)
     if request.query_params.get("format") == "text":
         return PlainTextResponse(format_report(report) + "\n")
     return JSONResponse(report)

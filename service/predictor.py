@@ -102,7 +102,7 @@ class Predictor:
             lambda: Store(settings.store.path, settings.store.busy_timeout_ms, durable=False),
             max_queue=settings.store.log_queue_size,
         )
-        self.feedback_store = Store(settings.store.path, settings.store.busy_timeout_ms)
+        self.store = Store(settings.store.path, settings.store.busy_timeout_ms)
         self.labels = sorted({label for m in self.models.values() for label in m.labels})
         self._load_state(seed=True)
         self._stop_polling = threading.Event()
@@ -132,7 +132,7 @@ class Predictor:
 
     def _load_state(self, seed: bool = False) -> None:
         """Adopt the stored experiment state (seeding it from the config on first start)."""
-        version, stored = self.feedback_store.get_state()
+        version, stored = self.store.get_state()
         state = ExperimentState.from_json(stored) if stored else None
         if state is None or not fits(state, self.settings):
             if not seed:
@@ -141,7 +141,7 @@ class Predictor:
                 logger.warning("the serving config changed since the stored experiment state: "
                                "starting from the config")  # fmt: skip
             fresh = initial_state(self.settings)
-            version = self.feedback_store.put_state(fresh.to_json(), {"by": "config"})
+            version = self.store.put_state(fresh.to_json(), {"by": "config"})
             state = fresh
         self._apply_state(state, version)
 
@@ -157,7 +157,7 @@ class Predictor:
     def _poll_state(self) -> None:
         while not self._stop_polling.wait(STATE_POLL_S):
             try:
-                if self.feedback_store.state_version() != self.state_version:
+                if self.store.state_version() != self.state_version:
                     self._load_state()
             except Exception as exc:  # a busy or failing store must not stop the poller
                 logger.warning("experiment state poll failed: %s", type(exc).__name__)
@@ -165,7 +165,7 @@ class Predictor:
     def change_state(self, body: Any) -> dict[str, Any]:
         """Apply an admin change: validated, stored (with history), adopted here at once."""
         state, change = apply_change(self.state, body, self.settings)
-        version = self.feedback_store.put_state(state.to_json(), change)
+        version = self.store.put_state(state.to_json(), change)
         self._apply_state(state, version)
         logger.info("experiment state changed to version %d", version)
         return self.config_summary()
@@ -272,7 +272,7 @@ class Predictor:
                 f"label must be one of {', '.join(self.labels)} (the models' label map)"
             )
         loop = asyncio.get_running_loop()
-        store = self.feedback_store
+        store = self.store
         result = await loop.run_in_executor(None, store.add_feedback, prediction_id, label)
         variant = await loop.run_in_executor(None, store.variant_of, prediction_id)
         metrics.FEEDBACK.labels(variant=variant or "pending", outcome=result.status).inc()
@@ -308,4 +308,4 @@ class Predictor:
         self._stop_polling.set()
         self._poller.join(2)
         self.log.close()
-        self.feedback_store.close()
+        self.store.close()

@@ -27,8 +27,7 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
     """The report as JSON-ready data."""
     shares = _shares(settings)
     control = settings.control.name
-    with store._lock:
-        rows = store.conn.execute("SELECT variant, forced, latency_ms FROM predictions").fetchall()
+    rows = store.served()
     labelled = store.labelled()
     traffic: Counter[str] = Counter()
     forced: Counter[str] = Counter()

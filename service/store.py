@@ -224,6 +224,14 @@ class Store:
             ).fetchall()
         return [(float(ts), json.loads(change)) for ts, change in rows]
 
+    def served(self) -> list[tuple[str, bool, float]]:
+        """(variant, forced, latency_ms) of every logged prediction."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT variant, forced, latency_ms FROM predictions"
+            ).fetchall()
+        return [(str(v), bool(forced), float(lat)) for v, forced, lat in rows]
+
     def labelled(self, include_forced: bool = False) -> list[tuple[str, float, bool, float]]:
         """(variant, time, correct, latency_ms) of every prediction with feedback, oldest first."""
         forced = "" if include_forced else "AND p.forced = 0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,7 +147,7 @@ def test_error_contract(
     payload = r.json()
     assert set(payload) == {"error", "kind", "status"}
     assert payload["kind"] == kind and payload["status"] == status
-    assert __import__("re").search(message, payload["error"]), payload["error"]
+    assert re.search(message, payload["error"]), payload["error"]
     assert "Traceback" not in r.text
 
 
