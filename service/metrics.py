@@ -90,3 +90,31 @@ FEEDBACK = Counter(
     "Feedback posts by variant (pending: its prediction row is not written yet) and outcome",
     ["variant", "outcome"],
 )
+SHADOW = Counter(
+    "tuneserve_shadow_predictions",
+    "Requests also scored by a shadow variant, by shadow variant and outcome (agree, disagree: "
+    "with the live answer; skipped: the shadow queue was full or the worker busy; failed)",
+    ["variant", "outcome"],
+)
+GUARDRAIL_TRIPS = Counter(
+    "tuneserve_guardrail_trips",
+    "Challengers taken out of rotation by a guardrail, by variant and kind "
+    "(error_rate, p99_latency, accuracy)",
+    ["variant", "kind"],
+)
+VARIANT_ENABLED = Gauge(
+    "tuneserve_variant_enabled",
+    "1 while a variant is in rotation, 0 once disabled (by the admin API or a guardrail)",
+    ["variant"],
+    multiprocess_mode="mostrecent",
+)
+SAMPLE_RATIO_P_VALUE = Gauge(
+    "tuneserve_sample_ratio_p_value",
+    "p-value of the sample-ratio check on the logged unforced traffic (below 0.001: mismatch)",
+    multiprocess_mode="mostrecent",
+)
+SAMPLE_RATIO_MISMATCH = Gauge(
+    "tuneserve_sample_ratio_mismatch",
+    "1 while the logged traffic split differs from the configured shares (p < 0.001)",
+    multiprocess_mode="mostrecent",
+)
