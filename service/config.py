@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from service.routing import check_weights
 from tuneserve.config import (
+    ClosedUnit,
     NonNegativeFloat,
     NonNegativeInt,
     OpenUnit,
@@ -73,6 +74,11 @@ class ExperimentConfig(StrictConfig):
     minimum_effect: OpenUnit = Field(
         0.02, description="smallest accuracy difference worth detecting (absolute, 0.02 = 2 points)"
     )
+    coverage: ClosedUnit = Field(
+        1.0,
+        description="share of users in the experiment; the others get the control and are "
+        "left out of the statistics (raising it only adds users)",
+    )
     msprt_tau: PositiveFloat = Field(
         0.05,
         description="prior scale of the always-valid test's normal mixture (the size of "
@@ -90,12 +96,63 @@ class ExperimentConfig(StrictConfig):
     )
 
 
+class ShadowConfig(StrictConfig):
+    """A variant that also scores a share of live requests after they are answered."""
+
+    variant: str = Field("", description="the shadow variant (a served variant); empty: no shadow")
+    share: ClosedUnit = Field(0.0, description="share of live requests also scored in shadow")
+    max_pending: PositiveInt = Field(
+        64,
+        description="shadow jobs waiting per worker; beyond it they are skipped and counted "
+        '(tuneserve_shadow_predictions_total{outcome="skipped"})',
+    )
+    max_age_ms: PositiveFloat = Field(
+        2000.0, description="a shadow job not started within this time is skipped"
+    )
+
+
+class GuardrailConfig(StrictConfig):
+    """Bounds that take a challenger out of rotation automatically (the control is never)."""
+
+    enabled: bool = Field(True, description="check the bounds below")
+    window_s: PositiveFloat = Field(
+        60.0, description="sliding window of the error and latency checks"
+    )
+    min_requests: PositiveInt = Field(
+        50, description="requests a challenger needs in the window before it is judged"
+    )
+    max_error_rate: ClosedUnit = Field(
+        0.05, description="share of a challenger's requests that may fail (deadline, internal)"
+    )
+    max_p99_ms: PositiveFloat = Field(
+        1000.0, description="p99 latency bound of a challenger's requests in the window"
+    )
+    accuracy: bool = Field(
+        True,
+        description="also trip a challenger whose online accuracy is significantly worse than "
+        "the control's by the always-valid test (safe to check continuously)",
+    )
+    accuracy_alpha: OpenUnit = Field(0.01, description="significance level of the accuracy trip")
+    check_interval_s: PositiveFloat = Field(2.0, description="how often each worker checks")
+
+
 class StoreConfig(StrictConfig):
     """Where predictions, feedback and the experiment history are kept."""
 
     path: Path = Field(
         Path(".tuneserve/experiment.sqlite"),
-        description="SQLite file (WAL mode), shared by the workers of one machine",
+        description="SQLite file (WAL mode), shared by the workers of one machine; used when "
+        "no PostgreSQL URL is given",
+    )
+    url: str | None = Field(
+        None,
+        description="PostgreSQL URL (postgresql://user:password@host:5432/db), the store of "
+        "several replicas; unset: the SQLite file at path",
+    )
+    url_env: str = Field(
+        "TUNESERVE_STORE_URL",
+        description="environment variable with a PostgreSQL URL; when set it wins over url "
+        "(keeps the password out of the config file)",
     )
     busy_timeout_ms: PositiveInt = Field(5000, description="how long a write waits for a lock")
     log_queue_size: PositiveInt = Field(
@@ -104,6 +161,32 @@ class StoreConfig(StrictConfig):
         "and counted (tuneserve_log_dropped_total)",
     )
     log_text: bool = Field(False, description="also store the request text (off: never stored)")
+
+    @model_validator(mode="after")
+    def _check_url(self) -> StoreConfig:
+        if self.url is not None:
+            _check_store_url(self.url, "store.url")
+        return self
+
+    def location(self) -> Path | str:
+        """Where the store is: ``$<url_env>``, else ``url``, else the SQLite ``path``."""
+        from_env = os.environ.get(self.url_env, "").strip() if self.url_env else ""
+        if from_env:
+            try:
+                return _check_store_url(from_env, f"${self.url_env}")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        return self.url or self.path
+
+
+def _check_store_url(url: str, where: str) -> str:
+    if not url.startswith(("postgresql://", "postgres://")):
+        shown = url.split("://", 1)[0] + "://..." if "://" in url else "a value without a scheme"
+        raise ValueError(
+            f"{where} must be a postgresql:// URL (postgresql://user:password@host:5432/db), "
+            f"got {shown}; for SQLite set store.path instead"
+        )
+    return url
 
 
 class LimitsConfig(StrictConfig):
@@ -158,6 +241,12 @@ class ServingConfig(StrictConfig):
     limits: LimitsConfig = Field(
         default_factory=lambda: LimitsConfig.model_validate({}), description="limits"
     )
+    shadow: ShadowConfig = Field(
+        default_factory=lambda: ShadowConfig.model_validate({}), description="shadow traffic"
+    )
+    guardrails: GuardrailConfig = Field(
+        default_factory=lambda: GuardrailConfig.model_validate({}), description="guardrails"
+    )
     backstop_timeout_s: PositiveInt = Field(
         30, description="BentoML's own request timeout, a backstop behind limits.deadline_ms"
     )
@@ -179,6 +268,10 @@ class ServingConfig(StrictConfig):
         if len(controls) != 1:
             raise ValueError(f"exactly one variant must be the control, got {controls or 'none'}")
         check_weights({v.name: v.weight for v in self.variants}, controls[0])
+        if self.shadow.variant and self.shadow.variant not in names:
+            raise ValueError(
+                f"shadow.variant {self.shadow.variant!r} is not a served variant ({names})"
+            )
         return self
 
     @property
@@ -227,8 +320,10 @@ __all__ = [
     "CONFIG_ENV",
     "BatchingConfig",
     "ExperimentConfig",
+    "GuardrailConfig",
     "LimitsConfig",
     "ServingConfig",
+    "ShadowConfig",
     "StoreConfig",
     "VariantConfig",
     "config_path",

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from service import metrics
-from service.admin import ExperimentState, apply_change, fits, initial_state
+from service.admin import ExperimentState, apply_change, disable_variant, fits, initial_state
 from service.batching import Runner, make_runner
 from service.config import ServingConfig
 from service.errors import (
@@ -24,15 +25,19 @@ from service.errors import (
     OverloadedError,
     PayloadTooLargeError,
 )
+from service.guardrails import Guardrails, Trip, accuracy_trips
 from service.ids import PredictionIds, load_key
 from service.model import VariantModel
 from service.predlog import PredictionLog
 from service.routing import Assignment, Router
+from service.shadow import ShadowJob, ShadowScorer
+from service.stats import sample_ratio_check
 from service.store import Store, unit_hash
 
 logger = logging.getLogger(__name__)
 
 STATE_POLL_S = 0.5  # how often a worker checks the store for a changed experiment state
+STORE_CHECKS_EVERY = 5  # guardrail intervals between checks that read the store (accuracy, SRM)
 
 # Beyond this many characters, tokenising leaves the event loop for a worker thread.
 _LOOP_TOKENIZE_CHARS = 20_000
@@ -98,12 +103,22 @@ class Predictor:
         )
         experiment = settings.experiment
         self.ids = PredictionIds(load_key(experiment.id_key_env, experiment.id_key_file))
+        store_at = settings.store.location()  # a SQLite file or a PostgreSQL URL
         self.log = PredictionLog(
-            lambda: Store(settings.store.path, settings.store.busy_timeout_ms, durable=False),
+            lambda: Store(store_at, settings.store.busy_timeout_ms, durable=False),
             max_queue=settings.store.log_queue_size,
         )
-        self.store = Store(settings.store.path, settings.store.busy_timeout_ms)
+        self.store = Store(store_at, settings.store.busy_timeout_ms)
         self.labels = sorted({label for m in self.models.values() for label in m.labels})
+        self.idle = threading.Event()  # set while no prediction is in flight in this worker
+        self.idle.set()
+        self._inflight = 0
+        self._rng = random.Random()
+        challengers = [n for n in settings.variant_names() if n != settings.control.name]
+        self.guardrails = Guardrails(settings.guardrails, challengers)
+        self.shadow = ShadowScorer(
+            self.log, self.idle, settings.shadow.max_pending, settings.shadow.max_age_ms
+        )
         self._load_state(seed=True)
         self._stop_polling = threading.Event()
         self._poller = threading.Thread(
@@ -141,31 +156,90 @@ class Predictor:
                 logger.warning("the serving config changed since the stored experiment state: "
                                "starting from the config")  # fmt: skip
             fresh = initial_state(self.settings)
-            version = self.store.put_state(fresh.to_json(), {"by": "config"})
-            state = fresh
+            seeded = self.store.put_state(fresh.to_json(), {"by": "config"}, version)
+            if seeded is None:  # another worker seeded it first: adopt that one
+                self._load_state(seed=True)
+                return
+            state, version = fresh, seeded
         self._apply_state(state, version)
 
     def _apply_state(self, state: ExperimentState, version: int) -> None:
         self.router = Router(
-            state.effective_weights(), control=self.settings.control.name, salt=state.salt
+            state.effective_weights(),
+            control=self.settings.control.name,
+            salt=state.salt,
+            coverage=state.coverage,
         )
+        for name in set(self.state.disabled) - set(state.disabled):
+            self.guardrails.reset(name)  # back in rotation: judged afresh
         self.state, self.state_version = state, version
         for name, share in self.router.shares.items():
             metrics.WEIGHT.labels(variant=name).set(share)
+            metrics.VARIANT_ENABLED.labels(variant=name).set(0 if name in state.disabled else 1)
         logger.info("using experiment state version %d: shares %s", version, self.router.shares)
 
     def _poll_state(self) -> None:
-        while not self._stop_polling.wait(STATE_POLL_S):
+        """Adopt state changes; check the guardrails and the sample ratio now and then."""
+        interval_s = self.settings.guardrails.check_interval_s
+        next_window = next_store = time.monotonic() + interval_s
+        while not self._stop_polling.wait(min(STATE_POLL_S, interval_s)):
             try:
                 if self.store.state_version() != self.state_version:
                     self._load_state()
+                now = time.monotonic()
+                if now >= next_window:
+                    next_window = now + interval_s
+                    self._check_window()
+                if now >= next_store:
+                    next_store = now + interval_s * STORE_CHECKS_EVERY
+                    self._check_store()
             except Exception as exc:  # a busy or failing store must not stop the poller
                 logger.warning("experiment state poll failed: %s", type(exc).__name__)
+
+    def _check_window(self) -> None:
+        if self.settings.guardrails.enabled:
+            for trip in self.guardrails.check(skip=self.state.disabled):
+                self._trip(trip)
+
+    def _check_store(self) -> None:
+        """The checks that read the store: accuracy guardrail, sample-ratio gauges."""
+        settings = self.settings
+        guard = settings.guardrails
+        if guard.enabled and guard.accuracy:
+            challengers = [n for n in self.guardrails.windows if n not in self.state.disabled]
+            trips = accuracy_trips(
+                self.store.labelled(), settings.control.name, challengers,
+                guard.accuracy_alpha, settings.experiment.msprt_tau,
+            )  # fmt: skip
+            for trip in trips:
+                self._trip(trip)
+        history = self.store.history()
+        since = history[-1][0] if history else 0.0  # the split is judged since the last change
+        srm = sample_ratio_check(self.store.traffic_since(since), self.router.shares)
+        metrics.SAMPLE_RATIO_P_VALUE.set(srm.p_value)
+        metrics.SAMPLE_RATIO_MISMATCH.set(int(srm.mismatch))
+
+    def _trip(self, trip: Trip) -> None:
+        """Take a challenger out of rotation: stored (so every worker follows), logged, counted."""
+        for _ in range(3):  # compare-and-set against concurrent admin changes or other workers
+            version, stored = self.store.get_state()
+            state = ExperimentState.from_json(stored) if stored else self.state
+            if trip.variant in state.disabled:
+                return
+            reason = {"kind": trip.kind, "detail": trip.detail}
+            new_state, change = disable_variant(state, trip.variant, reason)
+            new_version = self.store.put_state(new_state.to_json(), change, version)
+            if new_version is not None:
+                metrics.GUARDRAIL_TRIPS.labels(variant=trip.variant, kind=trip.kind).inc()
+                logger.warning("guardrail: %s taken out of rotation (%s: %s)", trip.variant,
+                               trip.kind, trip.detail)  # fmt: skip
+                self._apply_state(new_state, new_version)
+                return
 
     def change_state(self, body: Any) -> dict[str, Any]:
         """Apply an admin change: validated, stored (with history), adopted here at once."""
         state, change = apply_change(self.state, body, self.settings)
-        version = self.store.put_state(state.to_json(), change)
+        version = self.store.put_state(state.to_json(), change) or 0
         self._apply_state(state, version)
         logger.info("experiment state changed to version %d", version)
         return self.config_summary()
@@ -212,38 +286,31 @@ class Predictor:
         started = time.perf_counter()
         assignment = self.router.choose(user_id=user_id, forced=forced)
         model = self.models[assignment.variant]
-        deadline_s = self.settings.limits.deadline_ms / 1000.0
+        hashed = unit_hash(self.settings.experiment.salt, user_id) if user_id else None
+        self._inflight += 1
+        self.idle.clear()
         try:
-            async with asyncio.timeout(deadline_s):
-                if sum(len(t) for t in texts) > _LOOP_TOKENIZE_CHARS:
-                    loop = asyncio.get_running_loop()
-                    encodings = await loop.run_in_executor(None, model.encode, texts)
-                else:
-                    encodings = model.encode(texts)
-                probs = await self.runners[assignment.variant].run(encodings)
-        except TimeoutError:
-            raise DeadlineError(
-                f"the prediction did not finish within {self.settings.limits.deadline_ms:g} ms"
-            ) from None
+            probs, encodings = await self._run(model, texts)
+        except BaseException as exc:
+            kind = "deadline" if isinstance(exc, DeadlineError) else "internal"
+            self._log_failure(assignment, model, texts, hashed, started, kind)
+            raise
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self.idle.set()
         answers = []
         now, latency_ms = time.time(), (time.perf_counter() - started) * 1000
-        hashed = unit_hash(self.settings.experiment.salt, user_id) if user_id else None
+        self.guardrails.record(assignment.variant, latency_ms, failed=False)
         for text, row, encoding in zip(texts, probs, encodings, strict=True):
             prediction = model.answer(row, encoding)
             self._count(assignment, prediction.label, prediction.score, prediction.truncated)
             prediction_id = self.ids.new()
             self.log.submit(
-                {
-                    "id": prediction_id,
-                    "ts": now,
-                    "variant": assignment.variant,
-                    "model_version": model.version,
-                    "unit": assignment.unit,
-                    "unit_hash": hashed,
-                    "forced": int(assignment.forced),
+                self._row(assignment, model, prediction_id, now, hashed, latency_ms)
+                | {
                     "label": prediction.label,
                     "score": prediction.score,
-                    "latency_ms": latency_ms,
                     "text": text if self.settings.store.log_text else None,
                 }
             )
@@ -259,7 +326,85 @@ class Predictor:
                     "forced": assignment.forced,
                 }
             )
+        self._offer_shadow(assignment, texts, answers)
         return assignment, model, answers
+
+    async def _run(self, model: VariantModel, texts: list[str]) -> tuple[Any, list[Any]]:
+        """Tokenise and run ``texts`` on ``model`` within the deadline."""
+        deadline_ms = self.settings.limits.deadline_ms
+        try:
+            async with asyncio.timeout(deadline_ms / 1000.0):
+                if sum(len(t) for t in texts) > _LOOP_TOKENIZE_CHARS:
+                    loop = asyncio.get_running_loop()
+                    encodings = await loop.run_in_executor(None, model.encode, texts)
+                else:
+                    encodings = model.encode(texts)
+                return await self.runners[model.name].run(encodings), encodings
+        except TimeoutError:
+            raise DeadlineError(
+                f"the prediction did not finish within {deadline_ms:g} ms"
+            ) from None
+
+    def _row(
+        self,
+        assignment: Assignment,
+        model: VariantModel,
+        prediction_id: str,
+        ts: float,
+        hashed: str | None,
+        latency_ms: float,
+    ) -> dict[str, Any]:
+        """The prediction-log columns every row of a request shares."""
+        return {
+            "id": prediction_id,
+            "ts": ts,
+            "variant": assignment.variant,
+            "model_version": model.version,
+            "unit": assignment.unit,
+            "unit_hash": hashed,
+            "forced": int(assignment.forced),
+            "latency_ms": latency_ms,
+            "error": None,
+        }
+
+    def _log_failure(
+        self,
+        assignment: Assignment,
+        model: VariantModel,
+        texts: list[str],
+        hashed: str | None,
+        started: float,
+        kind: str,
+    ) -> None:
+        """A routed request failed: one error row per text (the report's error rate), and the
+        variant's guardrail window."""
+        latency_ms = (time.perf_counter() - started) * 1000
+        self.guardrails.record(assignment.variant, latency_ms, failed=True)
+        now = time.time()
+        for _ in texts:
+            row = self._row(assignment, model, self.ids.new(), now, hashed, latency_ms)
+            self.log.submit(row | {"label": "", "score": 0.0, "error": kind})
+
+    def _offer_shadow(
+        self, assignment: Assignment, texts: list[str], answers: list[dict[str, Any]]
+    ) -> None:
+        """Hand a sampled share of requests to the shadow variant (scored after answering)."""
+        state = self.state
+        shadow = state.shadow_variant
+        if not shadow or shadow == assignment.variant or state.shadow_share <= 0:
+            return
+        if self._rng.random() >= state.shadow_share:
+            return
+        self.shadow.offer(
+            ShadowJob(
+                model=self.models[shadow],
+                texts=texts,
+                prediction_ids=[a["prediction_id"] for a in answers],
+                live_variant=assignment.variant,
+                live_labels=[a["label"] for a in answers],
+                queued_at=time.monotonic(),
+            )
+        )
 
     async def feedback(self, prediction_id: Any, label: Any) -> dict[str, Any]:
         """Store feedback before answering; 404 for ids never issued, 400 for unknown labels."""
@@ -307,5 +452,6 @@ class Predictor:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._stop_polling.set()
         self._poller.join(2)
+        self.shadow.close()
         self.log.close()
         self.store.close()

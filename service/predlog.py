@@ -1,4 +1,5 @@
-"""The prediction log, written off the request path: a bounded queue drained by one thread.
+"""The prediction log (and shadow results), written off the request path: a bounded queue
+drained by one thread.
 
 A request only puts its rows on the queue (never waiting); the writer thread stores them in
 batches, gathering rows for up to ``flush_interval_s`` so that light traffic costs one commit
@@ -39,10 +40,10 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._run, name="tuneserve-log", daemon=True)
         self._thread.start()
 
-    def submit(self, row: dict[str, Any]) -> bool:
-        """Queue one row; False (and counted) when the queue is full."""
+    def submit(self, row: dict[str, Any], table: str = "predictions") -> bool:
+        """Queue one row of ``predictions`` or ``shadow``; False (and counted) when full."""
         try:
-            self.queue.put_nowait(row)
+            self.queue.put_nowait((table, row))
         except queue.Full:
             metrics.LOG_DROPPED.labels(kind="queue_full").inc()
             return False
@@ -52,7 +53,7 @@ class PredictionLog:
         stopping = False
         while not stopping:
             item = self.queue.get()
-            batch: list[dict[str, Any]] = []
+            batch: list[tuple[str, dict[str, Any]]] = []
             deadline = time.monotonic() + self.flush_interval_s
             while item is not _STOP:  # gather for a moment: one commit for many rows
                 batch.append(item)
@@ -66,14 +67,19 @@ class PredictionLog:
             if batch:
                 self._write(batch)
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
-        try:
-            self.store.log_predictions(batch)
-        except Exception as exc:  # a store failure must not take the service down
-            metrics.LOG_DROPPED.labels(kind="write_failed").inc(len(batch))
-            logger.error("prediction log: %d rows not written: %s", len(batch), type(exc).__name__)
-        else:
-            metrics.LOG_WRITTEN.inc(len(batch))
+    def _write(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        tables: dict[str, list[dict[str, Any]]] = {}
+        for table, row in batch:
+            tables.setdefault(table, []).append(row)
+        for table, rows in tables.items():
+            try:
+                self.store.log_rows(table, rows)
+            except Exception as exc:  # a store failure must not take the service down
+                metrics.LOG_DROPPED.labels(kind="write_failed").inc(len(rows))
+                logger.error("prediction log: %d %s rows not written: %s", len(rows), table,
+                             type(exc).__name__)  # fmt: skip
+            else:
+                metrics.LOG_WRITTEN.inc(len(rows))
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush what is queued, then stop the writer."""

@@ -1,8 +1,11 @@
-"""The A/B report: per variant traffic, online accuracy, latency; each challenger against the
-control with the fixed-horizon and the always-valid test; the sample-ratio check; a verdict.
+"""The A/B report: per variant traffic, errors, online accuracy, latency; each challenger against
+the control with the fixed-horizon and the always-valid test; the sample-ratio check; shadow
+agreement with McNemar's test; guardrail trips; accuracy over time; a verdict.
 
 Built from the store alone, so `GET /ab/report` and `tuneserve ab-report --db PATH` agree.
-Forced traffic is left out of every figure but the forced count.
+Forced traffic, and traffic outside the experiment's coverage, is left out of every figure but
+its own count. The sample ratio is judged on the traffic since the last change of the experiment
+state (weights, disabled variants), against the shares in force.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from service.admin import ExperimentState, initial_state
 from service.config import ServingConfig
+from service.guardrails import arm_checkpoints
 from service.stats import (
     always_valid_p_values,
+    mcnemar_exact,
     sample_ratio_check,
     samples_needed,
     two_proportion_test,
@@ -22,22 +28,36 @@ from service.stats import (
 )
 from service.store import Store
 
+TIMELINE_POINTS = 60  # points per variant on the accuracy-over-time chart
+
 
 def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
     """The report as JSON-ready data."""
-    shares = _shares(settings)
     control = settings.control.name
-    rows = store.served()
-    labelled = store.labelled()
+    _, stored = store.get_state()
+    state = ExperimentState.from_json(stored) if stored else initial_state(settings)
+    history = store.history()
+    since = history[-1][0] if history else 0.0  # the split is judged under the current state
+    shares = _shares(state)
     traffic: Counter[str] = Counter()
+    current: Counter[str] = Counter()
     forced: Counter[str] = Counter()
+    excluded: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
     latency: dict[str, list[float]] = defaultdict(list)
-    for variant, was_forced, latency_ms in rows:
-        if was_forced:
+    for variant, unit, ts, latency_ms, error in store.served():
+        if unit == "forced":
             forced[variant] += 1
+        elif unit == "excluded":
+            excluded[variant] += 1
         else:
             traffic[variant] += 1
-            latency[variant].append(float(latency_ms))
+            current[variant] += ts >= since
+            if error:
+                errors[variant] += 1
+            else:
+                latency[variant].append(latency_ms)
+    labelled = store.labelled()
     outcomes: dict[str, list[bool]] = defaultdict(list)
     for variant, _, correct, _ in labelled:
         outcomes[variant].append(correct)
@@ -50,8 +70,12 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
             "variant": name,
             "control": name == control,
             "share": shares[name],
+            "enabled": name not in state.disabled,
             "traffic": traffic[name],
             "forced": forced[name],
+            "excluded": excluded[name],
+            "errors": errors[name],
+            "error_rate": errors[name] / traffic[name] if traffic[name] else None,
             "labelled": n,
             "accuracy": hits / n if n else None,
             "accuracy_ci95": [low, high],
@@ -59,7 +83,7 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
                 f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)
             },
         })  # fmt: skip
-    srm = sample_ratio_check(dict(traffic), shares)
+    srm = sample_ratio_check(dict(current), shares)
     experiment = settings.experiment
     comparisons = [
         _compare(control, name, labelled, experiment.alpha, experiment.minimum_effect,
@@ -67,11 +91,13 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
         for name in settings.variant_names() if name != control
     ]  # fmt: skip
     return {
-        "salt": experiment.salt,
+        "salt": state.salt,
         "control": control,
+        "coverage": state.coverage,
         "variants": variants,
         "comparisons": comparisons,
         "sample_ratio": {
+            "since": since,
             "chi2": srm.chi2,
             "p_value": srm.p_value,
             "alpha": 0.001,
@@ -81,12 +107,74 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
             if srm.mismatch
             else None,
         },
+        "shadow": _shadow(store),
+        "guardrail_trips": [
+            {
+                "ts": ts,
+                "variant": change.get("variant"),
+                "kind": change.get("kind"),
+                "detail": change.get("detail", {}),
+            }
+            for ts, change in history
+            if change.get("by") == "guardrail"
+        ],
+        "timeline": _timeline(labelled, settings.variant_names()),
     }
 
 
-def _shares(settings: ServingConfig) -> dict[str, float]:
-    total = sum(v.weight for v in settings.variants)
-    return {v.name: v.weight / total for v in settings.variants}
+def _shares(state: ExperimentState) -> dict[str, float]:
+    weights = state.effective_weights()
+    total = sum(weights.values())
+    return {name: w / total for name, w in weights.items()}
+
+
+def _shadow(store: Store) -> list[dict[str, Any]]:
+    """Per shadow variant: agreement with the live answers, and McNemar's test on the pairs
+    whose true label is known (live right and shadow wrong, or the other way round)."""
+    by_variant: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
+    for shadow, _, live_label, shadow_label, truth in store.shadow_pairs():
+        by_variant[shadow].append((live_label, shadow_label, truth))
+    result = []
+    for name, pairs in sorted(by_variant.items()):
+        agree = sum(1 for live, shadow, _ in pairs if live == shadow)
+        known = [(live == t, shadow == t) for live, shadow, t in pairs if t is not None]
+        test = mcnemar_exact(
+            sum(1 for live, shadow in known if live and not shadow),
+            sum(1 for live, shadow in known if shadow and not live),
+        )
+        result.append({
+            "variant": name,
+            "scored": len(pairs),
+            "agreement": agree / len(pairs),
+            "labelled": len(known),
+            "live_accuracy": sum(live for live, _ in known) / len(known) if known else None,
+            "shadow_accuracy": sum(sh for _, sh in known) / len(known) if known else None,
+            "mcnemar": {"live_only": test.only_a, "shadow_only": test.only_b,
+                        "p_value": test.p_value},
+        })  # fmt: skip
+    return result
+
+
+def _timeline(
+    labelled: list[tuple[str, float, bool, float]], names: list[str]
+) -> dict[str, list[list[float]]]:
+    """Per variant, cumulative online accuracy over time: ``[ts, n, accuracy, low, high]``
+    (Wilson 95%) at up to TIMELINE_POINTS evenly spaced labelled counts."""
+    series: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    for variant, ts, correct, _ in labelled:
+        series[variant].append((ts, correct))
+    timeline = {}
+    for name in names:
+        rows = series.get(name, [])
+        points, hits = [], 0
+        step = max(1, len(rows) // TIMELINE_POINTS)
+        for i, (ts, correct) in enumerate(rows, start=1):
+            hits += correct
+            if i % step == 0 or i == len(rows):
+                low, high = wilson_interval(hits, i)
+                points.append([ts, float(i), hits / i, low, high])
+        timeline[name] = points
+    return timeline
 
 
 def _compare(
@@ -98,16 +186,8 @@ def _compare(
     power: float,
     tau: float,
 ) -> dict[str, Any]:
-    s_a = n_a = s_b = n_b = 0
-    checkpoints = []
-    for variant, _, correct, _ in labelled:  # oldest first: the always-valid p-value's path
-        if variant == control:
-            n_a, s_a = n_a + 1, s_a + int(correct)
-        elif variant == challenger:
-            n_b, s_b = n_b + 1, s_b + int(correct)
-        else:
-            continue
-        checkpoints.append((s_a, n_a, s_b, n_b))
+    checkpoints = arm_checkpoints(labelled, control, challenger)
+    s_a, n_a, s_b, n_b = checkpoints[-1] if checkpoints else (0, 0, 0, 0)
     test = two_proportion_test(s_a, n_a, s_b, n_b, confidence=1 - alpha)
     sequential = always_valid_p_values(checkpoints, tau)[-1] if checkpoints else 1.0
     base_rate = s_a / n_a if n_a else 0.5
@@ -155,7 +235,7 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as a text table and verdict lines."""
     lines = [
         f"A/B report (salt {report['salt']}, control {report['control']})",
-        f"{'variant':<12}{'share':>7}{'traffic':>9}{'forced':>8}{'labelled':>10}"
+        f"{'variant':<12}{'share':>7}{'traffic':>9}{'errors':>8}{'forced':>8}{'labelled':>10}"
         f"{'accuracy':>10}{'95% CI':>18}{'p50 ms':>8}{'p99 ms':>8}",
     ]
     for v in report["variants"]:
@@ -164,13 +244,25 @@ def format_report(report: dict[str, Any]) -> str:
         lat = v["latency_ms"] or {}
         p50 = f"{lat['p50']:.1f}" if lat else "-"
         p99 = f"{lat['p99']:.1f}" if lat else "-"
+        name = v["variant"] + ("" if v["enabled"] else " (off)")
         lines.append(
-            f"{v['variant']:<12}{v['share']:>7.2f}{v['traffic']:>9}{v['forced']:>8}"
+            f"{name:<12}{v['share']:>7.2f}{v['traffic']:>9}{v['errors']:>8}{v['forced']:>8}"
             f"{v['labelled']:>10}{acc:>10}{ci:>18}{p50:>8}{p99:>8}"
         )
     srm = report["sample_ratio"]
     lines.append(f"sample ratio: chi2 {srm['chi2']:.2f}, p = {srm['p_value']:.3g}")
     if srm["warning"]:
         lines.append("!!! " + srm["warning"])
+    for shadow in report["shadow"]:
+        line = (f"shadow {shadow['variant']}: {shadow['scored']} scored, agreement "
+                f"{shadow['agreement']:.3f}")  # fmt: skip
+        if shadow["labelled"]:
+            test = shadow["mcnemar"]
+            line += (f"; {shadow['labelled']} labelled: live {shadow['live_accuracy']:.3f} vs "
+                     f"shadow {shadow['shadow_accuracy']:.3f}, McNemar {test['live_only']} vs "
+                     f"{test['shadow_only']}, p = {test['p_value']:.2g}")  # fmt: skip
+        lines.append(line)
+    for trip in report["guardrail_trips"]:
+        lines.append(f"!!! guardrail: {trip['variant']} taken out of rotation ({trip['kind']})")
     lines += [f"verdict: {c['verdict']}" for c in report["comparisons"]]
     return "\n".join(lines)

@@ -11,6 +11,9 @@ agrees without talking, and another language can reproduce it from the published
 3. A challenger with traffic share ``s`` (its weight over the sum of weights) occupies
    ``round(s * 10000)`` buckets from its slot's start, at most the whole slot.
 4. The control takes every bucket no challenger occupies.
+5. With coverage ``c`` below 1, a unit takes part only when
+   ``bucket_of(f"{salt}:coverage", unit_id) < round(c * 10000)`` (an independent hash); the
+   others get the control, are recorded as ``excluded`` and left out of the statistics.
 
 So raising a challenger's share moves users only from the control to that challenger, never back
 and forth; changing the salt starts a new experiment. Adding or removing a challenger re-lays
@@ -35,7 +38,7 @@ class Assignment:
 
     variant: str
     forced: bool
-    unit: str  # "user" (sticky), "request" (no user id: drawn per request) or "forced"
+    unit: str  # "user" (sticky), "request" (drawn per request), "forced" or "excluded"
     bucket: int | None = None
 
 
@@ -97,6 +100,7 @@ class Router:
         control: str,
         salt: str,
         rng: random.Random | None = None,
+        coverage: float = 1.0,
     ) -> None:
         total = sum(weights.values())
         self.names = list(weights)
@@ -106,6 +110,8 @@ class Router:
         self.challengers = [n for n in self.names if n != control]
         self.ranges = layout(self.challengers, self.shares)
         self.rng = rng or random.Random()
+        self.coverage = coverage
+        self.covered = round(coverage * BUCKETS)
 
     def choose(self, user_id: str | None = None, forced: str | None = None) -> Assignment:
         """The variant for one request; a forced name must be a served variant."""
@@ -116,6 +122,11 @@ class Router:
                 )
             return Assignment(forced, forced=True, unit="forced")
         if user_id is not None:
+            if (
+                self.covered < BUCKETS
+                and bucket_of(f"{self.salt}:coverage", user_id) >= self.covered
+            ):
+                return Assignment(self.control, forced=False, unit="excluded")
             bucket = bucket_of(self.salt, user_id)
             return Assignment(
                 variant_for_bucket(bucket, self.control, self.ranges),
@@ -123,6 +134,8 @@ class Router:
                 unit="user",
                 bucket=bucket,
             )
+        if self.covered < BUCKETS and self.rng.randrange(BUCKETS) >= self.covered:
+            return Assignment(self.control, forced=False, unit="excluded")
         bucket = self.rng.randrange(BUCKETS)
         variant = variant_for_bucket(bucket, self.control, self.ranges)
         return Assignment(variant, forced=False, unit="request")

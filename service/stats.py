@@ -142,3 +142,25 @@ def samples_needed(
     z = z_quantile(1 - alpha / 2) + z_quantile(power)
     variance = p_control * (1 - p_control) + p_other * (1 - p_other)
     return math.ceil(z * z * variance / (minimum_effect * minimum_effect))
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Paired outcomes of two models on the same labelled inputs."""
+
+    only_a: int  # a right, b wrong
+    only_b: int  # b right, a wrong
+    p_value: float  # exact two-sided binomial test on the discordant pairs
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> McNemar:
+    """McNemar's exact test: under the null each discordant pair goes either way with p 1/2."""
+    n = only_a + only_b
+    if n == 0:
+        return McNemar(only_a, only_b, 1.0)
+    k = min(only_a, only_b)
+    # P(X <= k) for X ~ Binomial(n, 1/2), summed in log space so large n does not overflow
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(k + 1)]
+    top = max(logs)
+    tail = math.exp(top + math.log(sum(math.exp(v - top) for v in logs)) - n * math.log(2))
+    return McNemar(only_a, only_b, min(1.0, 2 * tail))

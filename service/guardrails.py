@@ -1,0 +1,133 @@
+"""Guardrails: bounds a challenger must keep, or it is taken out of rotation automatically.
+
+Each worker keeps a sliding window of its own requests per challenger (time, latency, failed)
+and checks it every ``check_interval_s``: with at least ``min_requests`` in the window, an error
+rate above ``max_error_rate`` or a p99 latency above ``max_p99_ms`` trips the challenger. Less
+often it reads the labelled predictions from the store and trips a challenger whose online
+accuracy is worse than the control's by the always-valid (mSPRT) test at ``accuracy_alpha``; that
+test may be checked continuously without inflating false alarms. The control is never tripped.
+A trip is stored as an experiment state change, so it reaches every worker and survives a
+restart; the admin API's ``enable`` puts the variant back.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.config import GuardrailConfig
+from service.stats import always_valid_p_values
+
+
+@dataclass(frozen=True)
+class Trip:
+    """A broken bound: which challenger, which kind, and the figures that broke it."""
+
+    variant: str
+    kind: str  # error_rate, p99_latency, accuracy
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def p99(values: list[float]) -> float:
+    """The 99th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+class Guardrails:
+    """This worker's sliding windows of each challenger's requests."""
+
+    def __init__(self, config: GuardrailConfig, challengers: Iterable[str]) -> None:
+        self.config = config
+        self.windows: dict[str, deque[tuple[float, float, bool]]] = {
+            name: deque() for name in challengers
+        }
+        self._lock = threading.Lock()
+
+    def record(self, variant: str, latency_ms: float, failed: bool) -> None:
+        """Note one request of ``variant`` (ignored for the control)."""
+        window = self.windows.get(variant)
+        if window is not None:
+            with self._lock:
+                window.append((time.monotonic(), latency_ms, failed))
+
+    def reset(self, variant: str) -> None:
+        """Forget a variant's window (when it is put back in rotation)."""
+        with self._lock:
+            self.windows.get(variant, deque()).clear()
+
+    def check(self, skip: Iterable[str] = ()) -> list[Trip]:
+        """The challengers whose window breaks a bound (those in ``skip`` are not judged)."""
+        config = self.config
+        horizon = time.monotonic() - config.window_s
+        trips = []
+        skipped = set(skip)
+        with self._lock:
+            for name, window in self.windows.items():
+                while window and window[0][0] < horizon:
+                    window.popleft()
+                n = len(window)
+                if name in skipped or n < config.min_requests:
+                    continue
+                failed = sum(1 for _, _, f in window if f)
+                if failed / n > config.max_error_rate:
+                    trips.append(Trip(name, "error_rate", {
+                        "error_rate": failed / n, "requests": n, "bound": config.max_error_rate,
+                    }))  # fmt: skip
+                    continue
+                latencies = [lat for _, lat, f in window if not f]
+                worst = p99(latencies) if latencies else 0.0
+                if worst > config.max_p99_ms:
+                    trips.append(Trip(name, "p99_latency", {
+                        "p99_ms": worst, "requests": n, "bound_ms": config.max_p99_ms,
+                    }))  # fmt: skip
+        return trips
+
+
+def arm_checkpoints(
+    labelled: Iterable[tuple[str, float, bool, float]], control: str, challenger: str
+) -> list[tuple[int, int, int, int]]:
+    """Cumulative ``(successes_control, n_control, successes_challenger, n_challenger)`` after
+    each labelled prediction of either arm, oldest first (the always-valid test's path)."""
+    s_a = n_a = s_b = n_b = 0
+    checkpoints = []
+    for variant, _, correct, _ in labelled:
+        if variant == control:
+            n_a, s_a = n_a + 1, s_a + int(correct)
+        elif variant == challenger:
+            n_b, s_b = n_b + 1, s_b + int(correct)
+        else:
+            continue
+        checkpoints.append((s_a, n_a, s_b, n_b))
+    return checkpoints
+
+
+def accuracy_trips(
+    labelled: list[tuple[str, float, bool, float]],
+    control: str,
+    challengers: Iterable[str],
+    alpha: float,
+    tau: float,
+) -> list[Trip]:
+    """Challengers significantly worse than the control by the always-valid test."""
+    trips = []
+    for name in challengers:
+        checkpoints = arm_checkpoints(labelled, control, name)
+        if not checkpoints:
+            continue
+        s_a, n_a, s_b, n_b = checkpoints[-1]
+        if not (n_a and n_b):
+            continue
+        p_value = always_valid_p_values(checkpoints, tau)[-1]
+        difference = s_b / n_b - s_a / n_a
+        if p_value <= alpha and difference < 0:
+            trips.append(Trip(name, "accuracy", {
+                "difference": difference, "always_valid_p_value": p_value, "alpha": alpha,
+                "labelled": {"control": n_a, "challenger": n_b},
+            }))  # fmt: skip
+    return trips
