@@ -1,8 +1,11 @@
-"""The experiment store: prediction log, feedback, experiment history; SQLite (WAL) by default.
+"""The experiment store: prediction log, feedback, experiment history; SQLite (WAL) by default,
+PostgreSQL given a URL (several replicas sharing one store).
 
 A versioned schema: ``schema_version`` holds the last migration applied, and opening a store
-applies the missing ones in order, in one transaction each. Every worker opens its own
-connection; WAL mode and a busy timeout let them write side by side.
+applies the missing ones in order, in one transaction holding the store's write lock, so workers
+that start together migrate once. Every worker opens its own connection; on SQLite, WAL mode and
+a busy timeout let them write side by side. The SQL is written once in a form both databases
+accept; service/dialect.py translates the little that differs (``?`` placeholders and all).
 
 Feedback has no foreign key to the prediction log on purpose: feedback that arrives before its
 prediction row is written (the log is written off the request path), or on another worker, is
@@ -22,32 +25,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.dialect import Connection, connect, is_url, redact
 from tuneserve.errors import ConfigError
 
 MIGRATIONS: list[list[str]] = [
     [
         """CREATE TABLE predictions (
             id TEXT PRIMARY KEY,
-            ts REAL NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
             variant TEXT NOT NULL,
             model_version TEXT NOT NULL,
             unit TEXT NOT NULL,
             unit_hash TEXT,
             forced INTEGER NOT NULL,
             label TEXT NOT NULL,
-            score REAL NOT NULL,
-            latency_ms REAL NOT NULL,
+            score DOUBLE PRECISION NOT NULL,
+            latency_ms DOUBLE PRECISION NOT NULL,
             text TEXT
         )""",
         "CREATE INDEX predictions_ts ON predictions (ts)",
         """CREATE TABLE feedback (
             prediction_id TEXT PRIMARY KEY,
-            ts REAL NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
             label TEXT NOT NULL
         )""",
         """CREATE TABLE experiment_history (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
-            ts REAL NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
             change TEXT NOT NULL
         )""",
     ],
@@ -61,12 +65,35 @@ MIGRATIONS.append(
         )""",
     ]
 )
+MIGRATIONS.append(
+    [
+        # a request that failed after it was routed (deadline, internal error): label '' and
+        # score 0, error names the kind; the report's error rate per variant counts them
+        "ALTER TABLE predictions ADD COLUMN error TEXT",
+        """CREATE TABLE shadow (
+            prediction_id TEXT PRIMARY KEY,
+            ts DOUBLE PRECISION NOT NULL,
+            variant TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            live_variant TEXT NOT NULL,
+            live_label TEXT NOT NULL,
+            label TEXT NOT NULL,
+            score DOUBLE PRECISION NOT NULL,
+            latency_ms DOUBLE PRECISION NOT NULL
+        )""",
+    ]
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 PREDICTION_COLUMNS = (
     "id", "ts", "variant", "model_version", "unit", "unit_hash", "forced", "label", "score",
-    "latency_ms", "text",
+    "latency_ms", "text", "error",
 )  # fmt: skip
+SHADOW_COLUMNS = (
+    "prediction_id", "ts", "variant", "model_version", "live_variant", "live_label", "label",
+    "score", "latency_ms",
+)  # fmt: skip
+TABLE_COLUMNS = {"predictions": PREDICTION_COLUMNS, "shadow": SHADOW_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -80,36 +107,33 @@ class FeedbackResult:
 class Store:
     """One connection to the experiment store (use one per worker thread that writes)."""
 
-    def __init__(self, path: Path, busy_timeout_ms: int = 5000, durable: bool = True) -> None:
-        """``durable``: every commit reaches the disk before it returns (feedback, the admin
+    def __init__(
+        self, location: Path | str, busy_timeout_ms: int = 5000, durable: bool = True
+    ) -> None:
+        """``location``: a SQLite file, or a ``postgresql://`` URL.
+
+        ``durable``: every commit reaches the disk before it returns (feedback, the admin
         state); off for the prediction log, whose commits survive a crash of the process but not
-        of the machine (WAL with synchronous=NORMAL), which spares an fsync per batch."""
-        self.path = path
+        of the machine (SQLite: WAL with synchronous=NORMAL; PostgreSQL: synchronous_commit
+        off), which spares an fsync per batch."""
+        self.url = location if is_url(location) else None
+        self.path = None if self.url else Path(location)
+        self.location = redact(self.url) if self.url else str(self.path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(
-                str(path), timeout=busy_timeout_ms / 1000, check_same_thread=False,
-                isolation_level=None,
-            )  # fmt: skip
-            self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            self.conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn: Connection = connect(str(location), busy_timeout_ms, durable)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(
-                f"cannot open the experiment store {path}: {exc} (store.path in the serving "
-                "config; a corrupt file must be moved away)"
+                f"cannot open the experiment store {self.location}: {exc} (store.path in the "
+                "serving config; a corrupt file must be moved away)"
             ) from exc
-        if str(mode).lower() != "wal":
-            raise ConfigError(f"the experiment store {path} cannot use WAL mode (got {mode})")
         self._lock = threading.Lock()
         self.migrate()
 
     def version(self) -> int:
-        """The schema version of the open store (0 for an empty file)."""
-        row = self.conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-        ).fetchone()
-        if row is None:
+        """The schema version of the open store (0 for an empty one)."""
+        if not self.conn.table_exists("schema_version"):
             return 0
         return int(self.conn.execute("SELECT version FROM schema_version").fetchone()[0])
 
@@ -124,7 +148,7 @@ class Store:
                 current = self.version()
                 if current > SCHEMA_VERSION:
                     raise ConfigError(
-                        f"the experiment store {self.path} has schema version {current}, newer "
+                        f"the experiment store {self.location} has schema version {current}, newer "
                         f"than this tuneserve's {SCHEMA_VERSION}: upgrade tuneserve"
                     )
                 for statements in MIGRATIONS[current:]:
@@ -138,14 +162,19 @@ class Store:
 
     def log_predictions(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert prediction rows in one transaction (ids already present are kept)."""
-        marks = ", ".join("?" for _ in PREDICTION_COLUMNS)
-        values = [tuple(row.get(c) for c in PREDICTION_COLUMNS) for row in rows]
+        self.log_rows("predictions", rows)
+
+    def log_rows(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert rows of ``predictions`` or ``shadow`` in one transaction (known ids are kept)."""
+        columns = TABLE_COLUMNS[table]
+        marks = ", ".join("?" for _ in columns)
+        values = [tuple(row.get(c) for c in columns) for row in rows]
         with self._lock:
             self.conn.execute("BEGIN")
             try:
                 self.conn.executemany(
-                    f"INSERT OR IGNORE INTO predictions ({', '.join(PREDICTION_COLUMNS)}) "
-                    f"VALUES ({marks})",
+                    f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+                    "ON CONFLICT DO NOTHING",
                     values,
                 )
                 self.conn.execute("COMMIT")
@@ -157,7 +186,8 @@ class Store:
         """Store feedback durably before returning; the first label for an id wins."""
         with self._lock:
             cursor = self.conn.execute(
-                "INSERT OR IGNORE INTO feedback (prediction_id, ts, label) VALUES (?, ?, ?)",
+                "INSERT INTO feedback (prediction_id, ts, label) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (prediction_id, time.time(), label),
             )
             if cursor.rowcount == 1:
@@ -195,15 +225,24 @@ class Store:
             row = self.conn.execute("SELECT version, state FROM experiment_state").fetchone()
         return (int(row[0]), json.loads(row[1])) if row else (0, None)
 
-    def put_state(self, state: dict[str, Any], change: dict[str, Any]) -> int:
-        """Store a new experiment state and its change in the history, atomically."""
+    def put_state(
+        self, state: dict[str, Any], change: dict[str, Any], expected_version: int | None = None
+    ) -> int | None:
+        """Store a new experiment state and its change in the history, atomically; with
+        ``expected_version``, only if the stored state is still that version (else None)."""
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 row = self.conn.execute("SELECT version FROM experiment_state").fetchone()
-                version = (int(row[0]) if row else 0) + 1
+                current = int(row[0]) if row else 0
+                if expected_version is not None and current != expected_version:
+                    self.conn.execute("ROLLBACK")
+                    return None
+                version = current + 1
                 self.conn.execute(
-                    "INSERT OR REPLACE INTO experiment_state (id, version, state) VALUES (1, ?, ?)",
+                    "INSERT INTO experiment_state (id, version, state) VALUES (1, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET version = excluded.version, "
+                    "state = excluded.state",
                     (version, json.dumps(state, sort_keys=True)),
                 )
                 self.conn.execute(
@@ -224,27 +263,51 @@ class Store:
             ).fetchall()
         return [(float(ts), json.loads(change)) for ts, change in rows]
 
-    def served(self) -> list[tuple[str, bool, float]]:
-        """(variant, forced, latency_ms) of every logged prediction."""
+    def served(self) -> list[tuple[str, str, float, float, str | None]]:
+        """(variant, unit, time, latency_ms, error) of every logged request; ``unit`` is
+        ``user``, ``request``, ``forced`` or ``excluded`` (outside the experiment's coverage)."""
         with self._lock:
             rows = self.conn.execute(
-                "SELECT variant, forced, latency_ms FROM predictions"
+                "SELECT variant, unit, ts, latency_ms, error FROM predictions"
             ).fetchall()
-        return [(str(v), bool(forced), float(lat)) for v, forced, lat in rows]
+        return [(str(v), str(u), float(ts), float(lat), err) for v, u, ts, lat, err in rows]
+
+    def traffic_since(self, since: float) -> dict[str, int]:
+        """Requests per variant in the experiment (not forced, not excluded) logged since then."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT variant, COUNT(*) FROM predictions WHERE ts >= ? AND forced = 0 "
+                "AND unit <> 'excluded' GROUP BY variant",
+                (since,),
+            ).fetchall()
+        return {str(v): int(n) for v, n in rows}
 
     def labelled(self, include_forced: bool = False) -> list[tuple[str, float, bool, float]]:
-        """(variant, time, correct, latency_ms) of every prediction with feedback, oldest first."""
+        """(variant, time, correct, latency_ms) of every prediction with feedback, oldest first;
+        forced traffic only when asked for, traffic outside the coverage never."""
         forced = "" if include_forced else "AND p.forced = 0"
         with self._lock:
             rows = self.conn.execute(
                 "SELECT p.variant, p.ts, p.label = f.label, p.latency_ms FROM predictions p "
-                f"JOIN feedback f ON f.prediction_id = p.id WHERE 1 = 1 {forced} ORDER BY p.ts"
+                "JOIN feedback f ON f.prediction_id = p.id "
+                f"WHERE p.unit <> 'excluded' {forced} ORDER BY p.ts"
             ).fetchall()
         return [(str(v), float(ts), bool(ok), float(lat)) for v, ts, ok, lat in rows]
 
+    def shadow_pairs(self) -> list[tuple[str, str, str, str, str | None]]:
+        """(shadow variant, live variant, live label, shadow label, true label or None) of
+        every shadow-scored prediction."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT s.variant, s.live_variant, s.live_label, s.label, f.label FROM shadow s "
+                "LEFT JOIN feedback f ON f.prediction_id = s.prediction_id"
+            ).fetchall()
+        return [(str(a), str(b), str(c), str(d), None if e is None else str(e))
+                for a, b, c, d, e in rows]  # fmt: skip
+
     def count(self, table: str) -> int:
-        """Rows in ``predictions``, ``feedback`` or ``experiment_history``."""
-        if table not in ("predictions", "feedback", "experiment_history"):
+        """Rows in ``predictions``, ``feedback``, ``experiment_history`` or ``shadow``."""
+        if table not in ("predictions", "feedback", "experiment_history", "shadow"):
             raise ValueError(f"unknown table {table!r}")
         with self._lock:
             return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])

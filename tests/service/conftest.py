@@ -3,19 +3,84 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
 
+from service.dialect import redact
 from tests.conftest import REPO
+
+PG_URL_ENV = "TUNESERVE_TEST_PG_URL"
+
+
+@pytest.fixture(autouse=True)
+def _no_store_url_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TUNESERVE_STORE_URL in the developer's shell must not point the tests at a database."""
+    monkeypatch.delenv("TUNESERVE_STORE_URL", raising=False)
+
+
+def _pg_unavailable(reason: str) -> NoReturn:
+    if os.environ.get("CI", "").lower() in ("1", "true"):
+        pytest.fail(f"{reason}; CI=true: the PostgreSQL store tests must run (.ci/run starts one)")
+    pytest.skip(reason)
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """``url`` with its connections' search_path set to ``schema`` (libpq's options)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query["options"] = f"{query.get('options', '')} -c search_path={schema}".strip()
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+@pytest.fixture
+def pg_url() -> Iterator[Callable[[], str]]:
+    """A factory of PostgreSQL store URLs, each to a fresh empty schema of the database named by
+    $TUNESERVE_TEST_PG_URL (dropped afterwards); skips without a server, fails so under CI."""
+    base = os.environ.get(PG_URL_ENV, "").strip()
+    if not base:
+        _pg_unavailable(f"{PG_URL_ENV} is not set (a PostgreSQL database for the store tests)")
+    import psycopg
+
+    try:
+        admin = psycopg.connect(base, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        detail = " ".join(str(exc).split())
+        _pg_unavailable(f"PostgreSQL at {redact(base)} is unreachable: {detail}")
+    admin.execute("SET lock_timeout = '20s'")
+    schemas: list[str] = []
+
+    def new() -> str:
+        schema = f"test_{uuid.uuid4().hex[:16]}"
+        admin.execute(f"CREATE SCHEMA {schema}")
+        schemas.append(schema)
+        return with_search_path(base, schema)
+
+    yield new
+    for schema in schemas:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Path | str]:
+    """A factory of fresh, empty store locations: SQLite files, or PostgreSQL schemas."""
+    if request.param == "postgresql":
+        factory: Callable[[], str] = request.getfixturevalue("pg_url")
+        return factory
+    numbers = itertools.count()
+    return lambda: tmp_path / f"store-{next(numbers)}.sqlite"
 
 
 def write_serving_config(
@@ -96,6 +161,7 @@ class Server:
             "PYTHONUNBUFFERED": "1",  # every log line reaches the file before the server stops
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # bentoml serve sets up its own
+        env.pop("TUNESERVE_STORE_URL", None)  # the config names the store
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "service.app:Tuneserve",
              "--host", "127.0.0.1", "--port", str(self.port)],

@@ -1,17 +1,29 @@
-"""The experiment store (SQLite, WAL) and the prediction log in front of it."""
+"""The experiment store (SQLite in WAL mode, or PostgreSQL) and the prediction log in front of it.
+
+Tests taking ``new_store`` run twice: on a SQLite file and on a fresh schema of a real PostgreSQL
+server ($TUNESERVE_TEST_PG_URL; skipped without one, failed under CI=true).
+"""
 
 from __future__ import annotations
 
 import multiprocessing
+import re
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from service import metrics
+from service.config import StoreConfig
+from service.dialect import to_postgres
 from service.predlog import PredictionLog
-from service.store import SCHEMA_VERSION, Store, unit_hash
+from service.store import MIGRATIONS, SCHEMA_VERSION, Store, unit_hash
+from tests.service.conftest import free_port
 from tuneserve.errors import ConfigError
+
+NewStore = Callable[[], Path | str]
 
 
 def _row(i: int, variant: str = "tuned", label: str = "positive") -> dict[str, object]:
@@ -20,23 +32,25 @@ def _row(i: int, variant: str = "tuned", label: str = "positive") -> dict[str, o
             "score": 0.9, "latency_ms": 5.0, "text": None}  # fmt: skip
 
 
-def test_schema_is_versioned_and_migrated_once(tmp_path: Path) -> None:
-    path = tmp_path / "x.sqlite"
-    store = Store(path)
+def test_schema_is_versioned_and_migrated_once(new_store: NewStore) -> None:
+    where = new_store()
+    store = Store(where)
     assert store.version() == SCHEMA_VERSION
-    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if store.conn.dialect == "sqlite":
+        assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.log_predictions([_row(1)])
     store.close()
-    again = Store(path)  # reopening keeps the data and applies nothing twice
+    again = Store(where)  # reopening keeps the data and applies nothing twice
     assert again.version() == SCHEMA_VERSION and again.count("predictions") == 1
+    assert again.conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
     again.conn.execute("UPDATE schema_version SET version = 99")
     again.close()
     with pytest.raises(ConfigError, match="schema version 99, newer than"):
-        Store(path)
+        Store(where)
 
 
-def test_feedback_is_idempotent_and_joins_predictions_written_later(tmp_path: Path) -> None:
-    store = Store(tmp_path / "x.sqlite")
+def test_feedback_is_idempotent_and_joins_predictions_written_later(new_store: NewStore) -> None:
+    store = Store(new_store())
     assert store.add_feedback("p1", "positive").status == "stored"  # before its prediction row
     repeat = store.add_feedback("p1", "negative")
     assert (repeat.status, repeat.label) == ("duplicate", "positive")  # the first label wins
@@ -44,35 +58,91 @@ def test_feedback_is_idempotent_and_joins_predictions_written_later(tmp_path: Pa
     store.log_predictions([_row(1), _row(2, label="negative"), _row(1)])  # p1 twice: kept once
     store.add_feedback("p2", "positive")
     assert store.count("predictions") == 2 and store.count("feedback") == 2
-    assert [(v, ok) for v, _, ok, _ in store.labelled()] == [("tuned", True), ("tuned", False)]
+    labelled = store.labelled()
+    assert [(v, ok) for v, _, ok, _ in labelled] == [("tuned", True), ("tuned", False)]
+    assert all(type(ok) is bool for _, _, ok, _ in labelled)  # SQLite says 1/0, PostgreSQL t/f
     assert store.variant_of("p2") == "tuned" and store.variant_of("nope") is None
     store.record_change({"weights": {"tuned": 0.5}})
     assert store.history()[0][1] == {"weights": {"tuned": 0.5}}
 
 
-def _post_feedback(path: str, worker: int, n: int) -> None:
-    store = Store(Path(path))
+def test_timestamps_and_scores_keep_double_precision(new_store: NewStore) -> None:
+    store = Store(new_store())
+    row = _row(1) | {"ts": 1_790_000_000.123456, "score": 0.123456789012, "latency_ms": 1e-3}
+    store.log_predictions([row])
+    (_, ts, latency, _), *_ = [(v, t, lat, e) for v, _, t, lat, e in store.served()]
+    assert ts == 1_790_000_000.123456 and latency == 1e-3  # a float4 column would round these
+    score = store.conn.execute("SELECT score FROM predictions").fetchone()[0]
+    assert score == 0.123456789012
+
+
+def test_admin_state_versions_count_up_and_replace_the_state(new_store: NewStore) -> None:
+    store = Store(new_store())
+    assert store.get_state() == (0, None)
+    assert store.put_state({"salt": "a"}, {"by": "config"}) == 1
+    assert store.put_state({"salt": "b"}, {"by": "admin"}) == 2
+    assert store.get_state() == (2, {"salt": "b"}) and store.state_version() == 2
+    assert [c["version"] for _, c in store.history()] == [1, 2]
+
+
+def _post_feedback(where: str, worker: int, n: int) -> None:
+    store = Store(where)
     for i in range(n):
         store.add_feedback(f"w{worker}-{i}", "positive")
     store.close()
 
 
-def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "x.sqlite"
-    Store(path).close()
+def test_concurrent_writers_lose_nothing(new_store: NewStore) -> None:
+    where = str(new_store())
+    Store(where).close()
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_post_feedback, args=(str(path), w, 150)) for w in range(4)]
+    procs = [ctx.Process(target=_post_feedback, args=(where, w, 150)) for w in range(4)]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(120)
         assert proc.exitcode == 0
-    assert Store(path).count("feedback") == 600
+    assert Store(where).count("feedback") == 600
 
 
-def test_prediction_log_flushes_on_close_and_counts_what_it_drops(tmp_path: Path) -> None:
-    path = tmp_path / "x.sqlite"
-    log = PredictionLog(lambda: Store(path), max_queue=5)
+def _open_together(where: str, start: multiprocessing.synchronize.Barrier, worker: int) -> None:
+    start.wait(30)
+    store = Store(where)  # every worker migrates the empty store at the same moment
+    store.add_feedback(f"w{worker}", "positive")
+    store.close()
+
+
+def test_workers_migrating_an_empty_store_at_once_migrate_it_once(new_store: NewStore) -> None:
+    where = str(new_store())
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(6)
+    procs = [ctx.Process(target=_open_together, args=(where, start, w)) for w in range(6)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    assert [p.exitcode for p in procs] == [0] * 6
+    store = Store(where)
+    assert store.conn.execute("SELECT version FROM schema_version").fetchall() == [
+        (SCHEMA_VERSION,)
+    ]
+    assert store.count("feedback") == 6
+
+
+def test_durable_flag_sets_how_commits_reach_the_disk(new_store: NewStore) -> None:
+    where = new_store()
+    durable, log = Store(where), Store(where, durable=False)
+    if durable.conn.dialect == "sqlite":
+        query, expected = "PRAGMA synchronous", ((2,), (1,))  # FULL, NORMAL
+    else:
+        query, expected = "SHOW synchronous_commit", (("on",), ("off",))
+    got = (durable.conn.execute(query).fetchone(), log.conn.execute(query).fetchone())
+    assert tuple(tuple(r) for r in got) == expected
+
+
+def test_prediction_log_flushes_on_close_and_counts_what_it_drops(new_store: NewStore) -> None:
+    where = new_store()
+    log = PredictionLog(lambda: Store(where), max_queue=5)
     dropped_before = metrics.LOG_DROPPED.labels(kind="queue_full")._value.get()
     with log.store._lock:  # the writer is stuck behind a slow store: the queue fills up
         accepted = sum(log.submit(_row(i)) for i in range(50))
@@ -80,7 +150,54 @@ def test_prediction_log_flushes_on_close_and_counts_what_it_drops(tmp_path: Path
     log.close()
     dropped = metrics.LOG_DROPPED.labels(kind="queue_full")._value.get() - dropped_before
     assert accepted + dropped == 50 and dropped > 0
-    assert Store(path).count("predictions") == accepted  # everything accepted was flushed
+    assert Store(where).count("predictions") == accepted  # everything accepted was flushed
+
+
+# The schema of migrations 1-2 as tuneserve first shipped them: stores made then must still open.
+_FIRST_SCHEMA = [
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    "INSERT INTO schema_version VALUES (2)",
+    """CREATE TABLE predictions (id TEXT PRIMARY KEY, ts REAL NOT NULL, variant TEXT NOT NULL,
+        model_version TEXT NOT NULL, unit TEXT NOT NULL, unit_hash TEXT, forced INTEGER NOT NULL,
+        label TEXT NOT NULL, score REAL NOT NULL, latency_ms REAL NOT NULL, text TEXT)""",
+    "CREATE INDEX predictions_ts ON predictions (ts)",
+    "CREATE TABLE feedback (prediction_id TEXT PRIMARY KEY, ts REAL NOT NULL, label TEXT NOT NULL)",
+    """CREATE TABLE experiment_history (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL,
+        change TEXT NOT NULL)""",
+    """CREATE TABLE experiment_state (id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL, state TEXT NOT NULL)""",
+    """INSERT INTO predictions VALUES ('old1', 1700000000.5, 'tuned', 'm@1', 'user', 'h', 0,
+        'positive', 0.75, 12.5, NULL)""",
+    "INSERT INTO feedback VALUES ('old1', 1700000001.0, 'positive')",
+    """INSERT INTO experiment_state VALUES (1, 3, '{"salt": "old"}')""",
+    """INSERT INTO experiment_history (ts, change) VALUES (1700000000.0, '{"by": "config"}')""",
+]
+
+
+def test_a_store_made_by_the_first_schema_still_opens(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as old:
+        for statement in _FIRST_SCHEMA:
+            old.execute(statement)
+    old.close()
+    store = Store(path)
+    assert store.version() == SCHEMA_VERSION
+    assert store.labelled() == [("tuned", 1700000000.5, True, 12.5)]
+    assert store.get_state() == (3, {"salt": "old"})
+    assert store.put_state({"salt": "new"}, {"by": "admin"}) == 4
+    assert [c["by"] for _, c in store.history()] == ["config", "admin"]
+    store.log_predictions([_row(2)])
+    fresh = Store(tmp_path / "fresh.sqlite")
+    fresh.log_predictions([_row(2)])
+    typeof = "SELECT typeof(ts), typeof(score), typeof(latency_ms) FROM predictions WHERE id='p2'"
+    assert store.conn.execute(typeof).fetchone() == fresh.conn.execute(typeof).fetchone()
+    assert fresh.conn.execute(typeof).fetchone() == ("real", "real", "real")
+
+
+def test_migrations_are_written_in_the_portable_form() -> None:
+    for statement in (s for migration in MIGRATIONS for s in migration):
+        assert not re.search(r"\bREAL\b", statement), f"REAL is float4 on PostgreSQL: {statement}"
+        to_postgres(statement)  # raises on SQLite-only SQL
 
 
 def test_unwritable_store_is_a_clear_error(tmp_path: Path) -> None:
@@ -92,3 +209,37 @@ def test_unwritable_store_is_a_clear_error(tmp_path: Path) -> None:
     corrupt.write_bytes(b"this is not a database" * 100)
     with pytest.raises(ConfigError, match="file is not a database"):
         Store(corrupt)
+
+
+def test_unreachable_postgres_is_a_clear_error_without_the_password() -> None:
+    url = f"postgresql://tuneserve:pw-s3cret@127.0.0.1:{free_port()}/tuneserve"
+    with pytest.raises(ConfigError) as caught:
+        Store(url)
+    message = str(caught.value)
+    assert "cannot open the experiment store postgresql://tuneserve:***@127.0.0.1:" in message
+    assert "Connection refused" in message and "store.url" in message
+    assert "pw-s3cret" not in message
+
+
+def test_wrong_postgres_password_is_a_clear_error(pg_url: Callable[[], str]) -> None:
+    url = pg_url()
+    wrong = re.sub(r"^(postgresql://[^:]+):[^@]*@", r"\1:not-the-pw@", url)
+    with pytest.raises(ConfigError, match="password authentication failed") as caught:
+        Store(wrong)
+    assert "not-the-pw" not in str(caught.value)
+
+
+def test_store_location_comes_from_the_env_then_url_then_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = StoreConfig.model_validate({"path": "x.sqlite"})
+    assert config.location() == Path("x.sqlite")
+    with_url = StoreConfig.model_validate({"url": "postgresql://u@db/s"})
+    assert with_url.location() == "postgresql://u@db/s"
+    monkeypatch.setenv("TUNESERVE_STORE_URL", "postgresql://u:p@other/s")
+    assert config.location() == with_url.location() == "postgresql://u:p@other/s"
+    monkeypatch.setenv("TUNESERVE_STORE_URL", "mysql://u:p@db/s")
+    with pytest.raises(ConfigError, match=r"\$TUNESERVE_STORE_URL must be a postgresql:// URL"):
+        config.location()
+    with pytest.raises(ValueError, match=r"store.url must be a postgresql:// URL .* got mysql://"):
+        StoreConfig.model_validate({"url": "mysql://u:p@db/s"})
