@@ -16,7 +16,7 @@ import bentoml
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from service.admin import check_token
@@ -28,6 +28,7 @@ from service.middleware import GuardMiddleware
 from service.model import read_export
 from service.predictor import Predictor, check_text, check_texts, check_user_id
 from service.report import build_report, format_report
+from service.report_page import render_page
 from tuneserve.errors import TuneserveError
 
 
@@ -86,8 +87,13 @@ async def _ab_report(request: Request) -> Response:
         return _error_response(error)
     loop = asyncio.get_running_loop()
     report = await loop.run_in_executor(None, build_report, predictor.store, predictor.settings)
-    if request.query_params.get("format") == "text":
+    form = request.query_params.get("format", "json")
+    if form == "text":
         return PlainTextResponse(format_report(report) + "\n")
+    if form == "html":
+        return HTMLResponse(render_page(report))
+    if form != "json":
+        return _error_response(InvalidInputError("format must be json, text or html"))
     return JSONResponse(report)
 
 

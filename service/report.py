@@ -167,7 +167,7 @@ def _timeline(
     for name in names:
         rows = series.get(name, [])
         points, hits = [], 0
-        step = max(1, len(rows) // TIMELINE_POINTS)
+        step = max(1, -(-len(rows) // TIMELINE_POINTS))  # ceiling: at most TIMELINE_POINTS + 1
         for i, (ts, correct) in enumerate(rows, start=1):
             hits += correct
             if i % step == 0 or i == len(rows):

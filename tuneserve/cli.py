@@ -70,15 +70,23 @@ def _ab_report(args: argparse.Namespace) -> int:
     import json
 
     from service.config import config_path, load_serving_config
+    from service.dialect import is_url
     from service.report import build_report, format_report
     from service.store import Store
 
     settings = load_serving_config(Path(args.config) if args.config else config_path())
-    db = Path(args.db) if args.db else settings.store.path
-    if not db.is_file():
-        raise TuneserveError(f"no experiment store at {db}: pass --db or serve first")
+    db: Path | str = args.db or settings.store.location()
+    if not is_url(db):
+        db = Path(db)
+        if not db.is_file():
+            raise TuneserveError(f"no experiment store at {db}: pass --db or serve first")
     report = build_report(Store(db), settings)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.html:
+        from service.report_page import render_page
+
+        Path(args.html).write_text(render_page(report), encoding="utf-8")
+        print(f"HTML report written to {args.html}")
     return 0
 
 
@@ -87,6 +95,41 @@ def _bench_model(args: argparse.Namespace) -> int:
 
     run_bench(Path(args.source), sentences=args.sentences, out=args.out)
     return 0
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    import json
+
+    from loadtests.config import LoadTestConfig
+    from loadtests.run import run_loadtest
+    from loadtests.runner import REPO
+    from loadtests.slo import parse_duration_s
+    from tuneserve.config import validate_config
+    from tuneserve.errors import ConfigError
+
+    try:
+        label_names = json.loads(args.label_names) if args.label_names else {}
+    except ValueError as exc:
+        raise ConfigError(
+            f'--label-names is not JSON ({exc}): e.g. --label-names \'{{"0": "negative"}}\''
+        ) from exc
+    texts = args.texts or REPO.parent / "shared" / "data" / "sst2" / "test.tsv"
+    options = {
+        "host": args.host, "users": args.users, "spawn_rate": args.spawn_rate,
+        "duration_s": parse_duration_s(args.duration, "--duration"),
+        "warmup_s": parse_duration_s(args.warmup, "--warmup"), "shape": args.shape,
+        "open_loop": args.open_loop, "rate": args.rate, "arrivals": args.arrivals,
+        "max_outstanding": args.max_outstanding, "path": args.path, "texts": texts,
+        "feedback": args.feedback,
+        "feedback_delay_s": parse_duration_s(args.feedback_delay, "--feedback-delay"),
+        "label_names": label_names, "seed": args.seed, "out": args.out, "run_id": args.run_id,
+    }  # fmt: skip
+    cfg = validate_config(LoadTestConfig, options, "load test options")
+    command = ["tuneserve", *args.argv]
+    return run_loadtest(
+        cfg, args.slo, command, find_max=args.find_max, max_rate=args.max_rate,
+        precision=args.find_max_precision,
+    )  # fmt: skip
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -180,19 +223,72 @@ def build_parser() -> argparse.ArgumentParser:
     srv.set_defaults(handler=_serve)
 
     rep = sub.add_parser("ab-report", help="print the A/B report from the experiment store")
-    rep.add_argument("--db", help="SQLite store (default: store.path of the serving config)")
+    rep.add_argument(
+        "--db",
+        help="SQLite file or postgresql:// URL (default: the serving config's store)",
+    )
     rep.add_argument(
         "--config",
         help=SERVING_CONFIG_HELP,
     )
     rep.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rep.add_argument("--html", metavar="PATH", help="also write the HTML page (accuracy over time)")
     rep.set_defaults(handler=_ab_report)
+
+    load = sub.add_parser("loadtest", help="Locust load test with an SLO gate and reports")
+    load.add_argument("--host", default="http://127.0.0.1:3000", help="service base URL")
+    load.add_argument("--users", type=int, default=10, help="closed loop: users (shape's peak)")
+    load.add_argument("--spawn-rate", type=float, default=10.0, help="users started per second")
+    load.add_argument("--duration", default="60s", help="measured time after the warm-up")
+    load.add_argument("--warmup", default="5s", help="time at the start left out of statistics")
+    load.add_argument(
+        "--slo",
+        help="e.g. p99=100ms,fail=1% (also p50, p90, p95, p99.9, max, rps); exit code 3 if broken",
+    )
+    load.add_argument("--shape", choices=["constant", "step", "spike"], default="constant")
+    load.add_argument(
+        "--open-loop",
+        action="store_true",
+        help="constant arrival rate (--rate); latency measured from the intended send time",
+    )
+    load.add_argument(
+        "--rate", type=float, default=0.0, help="open loop: requests/s; closed loop: per user"
+    )
+    load.add_argument("--arrivals", choices=["poisson", "fixed"], default="poisson")
+    load.add_argument(
+        "--max-outstanding",
+        type=int,
+        default=256,
+        help="open loop: requests in flight at most (later arrivals are dropped and reported)",
+    )
+    load.add_argument(
+        "--find-max", action="store_true", help="search the highest open-loop rate meeting --slo"
+    )
+    load.add_argument("--max-rate", type=float, default=1000.0, help="find-max: highest rate tried")
+    load.add_argument(
+        "--find-max-precision",
+        type=float,
+        default=0.1,
+        help="find-max: stop when the bracket is within this fraction of its top",
+    )
+    load.add_argument("--path", default="/predict", help="endpoint to load")
+    load.add_argument("--texts", help="labelled split (default: ../shared/data/sst2/test.tsv)")
+    load.add_argument("--feedback", type=float, default=0.0, help="probability of feedback posts")
+    load.add_argument("--feedback-delay", default="0s", help="time from answer to its feedback")
+    load.add_argument(
+        "--label-names", help="JSON dataset label -> model label (default: from GET /models)"
+    )
+    load.add_argument("--seed", type=int, default=0, help="seed of arrivals and text draws")
+    load.add_argument("--out", default="artifacts/loadtest", help="reports go to OUT/RUN_ID/")
+    load.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
+    load.set_defaults(handler=_loadtest)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; a TuneserveError becomes one line on stderr and exit code 1."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # reports quote their command
     from tuneserve.logs import setup_logging
 
     setup_logging(args.verbose)

@@ -48,6 +48,11 @@ def test_token_rules(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"disable": ["baseline"]}, "cannot be disabled"),
         ({"disable": ["ghost"]}, "list of served variants"),
         ({"salt": ""}, "salt must be a non-empty string"),
+        ({"coverage": 1.5}, r"coverage must be a number in \[0, 1\]"),
+        ({"coverage": True}, "coverage must be a number"),
+        ({"shadow": {"variant": "ghost"}}, "shadow variant must be one of"),
+        ({"shadow": {"share": -0.1}}, r"shadow share must be a number in \[0, 1\]"),
+        ({"shadow": {"variant": "tuned", "rate": 1}}, "shadow must be an object"),
     ],
 )
 def test_invalid_changes_are_refused(
@@ -74,6 +79,20 @@ def test_change_survives_restart_and_config_edits_win(
         update={"experiment": settings.experiment.model_copy(update={"salt": "from-config"})}
     )
     assert Predictor(edited).state.salt == "from-config"  # an edited config starts over
+
+
+def test_coverage_and_shadow_change_live(tmp_path: Path, tiny_exports: dict[str, Path]) -> None:
+    settings = load_serving_config(_config(tmp_path, tiny_exports))
+    predictor = Predictor(settings)
+    summary = predictor.change_state(
+        {"coverage": 0.25, "shadow": {"variant": "tuned", "share": 0.5}}
+    )
+    assert summary["coverage"] == 0.25 and summary["shadow"] == {"variant": "tuned", "share": 0.5}
+    assert predictor.router.coverage == 0.25
+    restarted = Predictor(settings)
+    assert (restarted.state.coverage, restarted.state.shadow_share) == (0.25, 0.5)
+    off = predictor.change_state({"shadow": {"variant": ""}})
+    assert off["shadow"] == {"variant": "", "share": 0.5}
 
 
 def test_admin_api_in_process(

@@ -245,3 +245,8 @@ def test_ab_report_over_http(client: TestClient) -> None:
     assert {"p_value", "always_valid_p_value", "verdict"} <= body["comparisons"][0].keys()
     text = client.get("/ab/report?format=text")
     assert text.status_code == 200 and "verdict:" in text.text
+    page = client.get("/ab/report?format=html")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<h1>A/B report</h1>" in page.text and "Online accuracy over time" in page.text
+    bad = client.get("/ab/report?format=pdf")
+    assert bad.status_code == 400 and bad.json()["kind"] == "invalid_input"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from service.config import load_serving_config
 from service.report import build_report, format_report
 from service.stats import two_proportion_test
 from service.store import Store
-from tests.service.conftest import write_serving_config
+from tests.service.conftest import free_port, write_serving_config
 from tuneserve.cli import main
 
 
@@ -51,8 +53,11 @@ def settings(tmp_path: Path, tiny_exports: dict[str, Path]):  # type: ignore[no-
     return load_serving_config(path)
 
 
-def test_report_finds_the_better_model(tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
-    store = Store(tmp_path / "s.sqlite")
+def test_report_finds_the_better_model(
+    new_store: Callable[[], Path | str],
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    store = Store(new_store())
     _fill(store, {"baseline": (1500, 0.80), "tuned": (1500, 0.88)}, forced=200)
     report = build_report(store, settings)
     by_name = {v["variant"]: v for v in report["variants"]}
@@ -72,14 +77,14 @@ def test_report_finds_the_better_model(tmp_path: Path, settings) -> None:  # typ
 
 
 def test_report_says_when_there_is_not_enough_data_and_flags_srm(
-    tmp_path: Path,
+    new_store: Callable[[], Path | str],
     settings,  # type: ignore[no-untyped-def]
 ) -> None:
-    store = Store(tmp_path / "s.sqlite")
+    store = Store(new_store())
     _fill(store, {"baseline": (52, 0.8), "tuned": (48, 0.82)})
     verdict = build_report(store, settings)["comparisons"][0]["verdict"]
     assert verdict.startswith("not enough data: about ")
-    skewed = Store(tmp_path / "skewed.sqlite")
+    skewed = Store(new_store())
     _fill(skewed, {"baseline": (5200, 0.8), "tuned": (4800, 0.8)})
     report = build_report(skewed, settings)
     assert report["sample_ratio"]["mismatch"] and "SAMPLE RATIO MISMATCH" in format_report(report)
@@ -87,15 +92,92 @@ def test_report_says_when_there_is_not_enough_data_and_flags_srm(
 
 def test_cli_prints_the_report(
     tmp_path: Path,
+    new_store: Callable[[], Path | str],
     settings,
     capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
 ) -> None:
-    db = tmp_path / "s.sqlite"
+    db = new_store()  # a SQLite file or a postgresql:// URL
     _fill(Store(db), {"baseline": (300, 0.8), "tuned": (300, 0.9)})
     config = tmp_path / "serving.toml"
     assert main(["ab-report", "--db", str(db), "--config", str(config)]) == 0
     assert "A/B report" in capsys.readouterr().out
     assert main(["ab-report", "--db", str(db), "--config", str(config), "--json"]) == 0
-    assert '"comparisons"' in capsys.readouterr().out
+    report = json.loads(capsys.readouterr().out)
+    assert [v["labelled"] for v in report["variants"]] == [300, 300] and report["comparisons"]
     assert main(["ab-report", "--db", str(tmp_path / "none.sqlite"), "--config", str(config)]) == 1
     assert "no experiment store" in capsys.readouterr().err
+    unreachable = f"postgresql://u:pw-s3cret@127.0.0.1:{free_port()}/x"
+    assert main(["ab-report", "--db", unreachable, "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot open the experiment store postgresql://u:***@127.0.0.1" in err
+    assert "pw-s3cret" not in err
+
+
+def test_html_page_draws_accuracy_over_time_and_escapes(
+    tmp_path: Path,
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    from html.parser import HTMLParser
+
+    from service.report_page import render_page
+
+    store = Store(tmp_path / "s.sqlite")
+    _fill(store, {"baseline": (400, 0.8), "tuned": (400, 0.9)})
+    report = build_report(store, settings)
+    for name in ("baseline", "tuned"):
+        points = report["timeline"][name]
+        assert 30 <= len(points) <= 61 and points[-1][1] == 400.0
+        assert points[-1][2] == next(
+            v["accuracy"] for v in report["variants"] if v["variant"] == name
+        )
+        assert all(low <= acc <= high for _, _, acc, low, high in points)
+    report["salt"] = "<script>alert(1)</script>"
+    page = render_page(report)
+
+    class Tags(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: object) -> None:
+            self.tags.append(tag)
+
+    parser = Tags()
+    parser.feed(page)
+    assert "script" not in parser.tags and "&lt;script&gt;" in page
+    assert parser.tags.count("polyline") == 2 and parser.tags.count("polygon") == 2
+    assert "tuned better than baseline" in page
+    empty = build_report(Store(tmp_path / "empty.sqlite"), settings)
+    assert "no labelled predictions yet" in render_page(empty)
+    out = tmp_path / "report.html"
+    args = [
+        "ab-report",
+        "--db",
+        str(tmp_path / "s.sqlite"),
+        "--config",
+        str(tmp_path / "serving.toml"),
+    ]
+    assert main([*args, "--html", str(out)]) == 0
+    assert "<svg" in out.read_text() and "polyline" in out.read_text()
+
+
+def test_report_counts_errors_and_excluded_traffic(
+    tmp_path: Path,
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    store = Store(tmp_path / "s.sqlite")
+    _fill(store, {"baseline": (100, 0.8), "tuned": (100, 0.8)})
+    rows = [{"id": f"e{i}", "ts": 1e6 + i, "variant": "tuned", "model_version": "m",
+             "unit": "user", "unit_hash": "h", "forced": 0, "label": "", "score": 0.0,
+             "latency_ms": 2000.0, "error": "deadline"} for i in range(25)]  # fmt: skip
+    rows += [{"id": f"x{i}", "ts": 1e6 + i, "variant": "baseline", "model_version": "m",
+              "unit": "excluded", "unit_hash": "h", "forced": 0, "label": "positive",
+              "score": 0.9, "latency_ms": 1.0} for i in range(30)]  # fmt: skip
+    store.log_predictions(rows)
+    store.add_feedback("x0", "negative")  # feedback outside the coverage is not counted
+    by_name = {v["variant"]: v for v in build_report(store, settings)["variants"]}
+    assert by_name["tuned"]["errors"] == 25 and by_name["tuned"]["traffic"] == 125
+    assert by_name["tuned"]["error_rate"] == pytest.approx(0.2)
+    assert by_name["tuned"]["latency_ms"]["p99"] < 2000  # failed requests have no latency row
+    assert by_name["baseline"]["excluded"] == 30 and by_name["baseline"]["traffic"] == 100
+    assert by_name["baseline"]["labelled"] == 100 and by_name["baseline"]["error_rate"] == 0

@@ -103,3 +103,26 @@ def test_forced_and_unknown_variants() -> None:
         router.choose(forced="x")
     sticky = router.choose(user_id="u1")
     assert sticky.unit == "user" and sticky.bucket == bucket_of("s", "u1")
+
+
+def test_coverage_keeps_the_rest_out_and_raising_it_only_adds_users() -> None:
+    ids = [f"user-{i}" for i in range(100_000)]
+    weights = {"baseline": 1.0, "tuned": 1.0}
+    routers = {c: Router(weights, "baseline", salt="s", coverage=c) for c in (0.2, 0.5, 1.0)}
+    out = {
+        c: {i for i in ids if r.choose(user_id=i).unit == "excluded"} for c, r in routers.items()
+    }
+    assert abs(len(out[0.2]) / len(ids) - 0.8) < 0.01
+    assert abs(len(out[0.5]) / len(ids) - 0.5) < 0.01 and out[1.0] == set()
+    assert out[0.5] <= out[0.2]  # raising the coverage only brings users in
+    excluded = [routers[0.5].choose(user_id=i) for i in list(out[0.5])[:100]]
+    assert {(a.variant, a.forced) for a in excluded} == {("baseline", False)}
+    # the users inside keep the variant the full experiment gives them
+    inside = [i for i in ids[:5000] if i not in out[0.5]]
+    assert all(
+        routers[0.5].choose(user_id=i).variant == routers[1.0].choose(user_id=i).variant
+        for i in inside
+    )
+    partial = Router(weights, "baseline", "s", random.Random(1), coverage=0.3)
+    drawn = Counter(partial.choose().unit for _ in range(20_000))
+    assert abs(drawn["excluded"] / 20_000 - 0.7) < 0.02

@@ -18,6 +18,7 @@ from statsmodels.stats.proportion import (
 from service.stats import (
     always_valid_p_values,
     chi2_survival,
+    mcnemar_exact,
     msprt_likelihood_ratio,
     sample_ratio_check,
     samples_needed,
@@ -115,3 +116,11 @@ def test_samples_needed_matches_the_textbook_and_statsmodels() -> None:
     )
     assert samples_needed(0.5, 0.05) == pytest.approx(arcsine, rel=0.01)
     assert samples_needed(0.88, 0.02) > samples_needed(0.88, 0.04)
+
+
+@pytest.mark.parametrize(("only_a", "only_b"), [(0, 0), (0, 7), (3, 10), (37, 108), (480, 560)])
+def test_mcnemar_exact_matches_scipy(only_a: int, only_b: int) -> None:
+    test = mcnemar_exact(only_a, only_b)
+    n = only_a + only_b
+    expected = stats.binomtest(only_a, n, 0.5).pvalue if n else 1.0
+    assert test.p_value == pytest.approx(expected, rel=1e-9)
