@@ -291,7 +291,7 @@ class Predictor:
         self.idle.clear()
         try:
             probs, encodings = await self._run(model, texts)
-        except BaseException as exc:
+        except Exception as exc:  # not a cancellation: a client that went away is no failure
             kind = "deadline" if isinstance(exc, DeadlineError) else "internal"
             self._log_failure(assignment, model, texts, hashed, started, kind)
             raise
