@@ -1,0 +1,98 @@
+"""`tuneserve loadtest`: one run (or a find-max search), its reports, and the SLO verdict."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtests.config import LoadTestConfig
+from loadtests.errors import LoadTestError
+from loadtests.findmax import find_max_rate
+from loadtests.plots import plot_over_time, plot_vs_load
+from loadtests.report import base_report, format_table, write_report
+from loadtests.runner import check_host, read_traffic, run_locust
+from loadtests.slo import check_slo, parse_slo
+
+log = logging.getLogger(__name__)
+SLO_BROKEN_EXIT = 3  # 1 is for errors (bad input, unreachable host), 2 for usage
+
+
+def make_run_dir(cfg: LoadTestConfig) -> Path:
+    """``OUT/RUN_ID``, new: a run never writes over another."""
+    run_dir = cfg.out / (cfg.run_id or time.strftime("%Y%m%d-%H%M%S"))
+    if run_dir.exists():
+        raise LoadTestError(f"{run_dir} already exists: pass another --run-id")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _mode(cfg: LoadTestConfig, find_max: bool) -> str:
+    if find_max:
+        return f"find-max: open loop, {cfg.arrivals} arrivals, rising rates"
+    if cfg.open_loop:
+        return (f"open loop: {cfg.rate:g} req/s, {cfg.arrivals} arrivals, latency from the "
+                f"intended send time, at most {cfg.max_outstanding} in flight")  # fmt: skip
+    pace = f"{cfg.rate:g} req/s per user" if cfg.rate else "no wait between requests"
+    return f"closed loop: {cfg.users} users ({cfg.shape} shape), {pace}"
+
+
+def run_loadtest(
+    cfg: LoadTestConfig, slo: str | None, command: list[str], find_max: bool = False,
+    max_rate: float = 1000.0, precision: float = 0.1,
+) -> int:  # fmt: skip
+    """Run, report, print the summary; 0, or SLO_BROKEN_EXIT when a bound is broken."""
+    bounds = parse_slo(slo) if slo else []
+    if find_max and not bounds:
+        raise LoadTestError("--find-max needs --slo: the bound the highest rate must meet")
+    if find_max and not 0 < precision < 1:
+        raise LoadTestError(f"--find-max-precision must be between 0 and 1, got {precision}")
+    traffic = read_traffic(cfg)
+    check_host(cfg.host)
+    run_dir = make_run_dir(cfg)
+    report: dict[str, Any] = base_report(cfg.host, command)
+    report |= {"mode": _mode(cfg, find_max), "config": cfg.model_dump(mode="json"), "slo": slo}
+    log.info("%s -> %s; %s", report["mode"], run_dir, report["load_generator"])
+    slo_p99 = next((b.limit for b in bounds if b.key == "p99"), None)
+    title = f"{cfg.host}: {report['mode']}\n{report['load_generator'].split(':')[0]}"
+    if find_max:
+        search = find_max_rate(cfg, bounds, run_dir, traffic, max_rate, precision=precision)
+        report |= search
+        best = next((t for t in search["trials"] if t["offered_rps"] == search["max_rate_rps"]),
+                    None)  # fmt: skip
+        rows = best["rows"] if best else search["trials"][-1]["rows"]
+        report["breaches"] = [] if best else ["no offered rate met the SLO"]
+        plot_vs_load(search["trials"], title, run_dir / "latency_vs_load.png", slo_p99,
+                     "offered rate (requests/s, open loop)")  # fmt: skip
+        trial_dir = run_dir / (best or search["trials"][-1])["folder"]
+        plot_over_time(json.loads((trial_dir / "windows.json").read_text()), cfg.warmup_s,
+                       title, run_dir / "latency_over_time.png")  # fmt: skip
+    else:
+        result = run_locust(cfg, run_dir, traffic)
+        rows = result["rows"]
+        report |= {"rows": rows, "window": result["window"], "meta": result["meta"]}
+        report["breaches"] = check_slo(bounds, rows)
+        points = [p | {"offered_rps": p["sent_per_s"]} for p in result["windows"]
+                  if p["t_s"] >= cfg.warmup_s]  # fmt: skip
+        plot_over_time(result["windows"], cfg.warmup_s, title, run_dir / "latency_over_time.png")
+        plot_vs_load(points, title, run_dir / "latency_vs_load.png", slo_p99,
+                     "requests sent per second (1-second windows after the warm-up)")  # fmt: skip
+    table = format_table(rows, open_loop=cfg.open_loop or find_max)
+    write_report(run_dir, report, table)
+    print(f"{report['load_generator']}\n{report['mode']}")
+    print(table)
+    if find_max:
+        if report["max_rate_rps"]:
+            capped = " (the --max-rate cap)" if report["capped"] else ""
+            print(f"highest offered rate meeting the SLO {slo}: {report['max_rate_rps']:.1f} "
+                  f"req/s{capped}; table above: that trial")  # fmt: skip
+        else:
+            print(f"no offered rate met the SLO {slo}")
+    if report["breaches"]:
+        print("SLO broken: " + "; ".join(report["breaches"]))
+    elif bounds:
+        print(f"SLO met: {slo}")
+    print(f"-> {run_dir}")
+    return SLO_BROKEN_EXIT if report["breaches"] else 0

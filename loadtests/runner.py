@@ -1,0 +1,164 @@
+"""Run Locust headless in a subprocess and turn its raw rows into a report and an SLO verdict.
+
+Locust monkey-patches the interpreter with gevent when imported, so it never runs in this
+process: the locustfile is configured through environment variables and writes raw rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from loadtests.config import LoadTestConfig
+from loadtests.errors import LoadTestError
+from loadtests.shapes import default_params
+from loadtests.stats import read_samples, summary_rows, windows
+from tuneserve.data import read_split
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
+PROGRESS_EVERY_S = 5.0
+
+
+def check_host(host: str, timeout_s: float = 5.0) -> None:
+    """Fail in one line when nothing answers HTTP at ``host`` (any HTTP status will do)."""
+    try:
+        with urllib.request.urlopen(f"{host}/livez", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # something answered HTTP
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise LoadTestError(
+            f"cannot reach {host} ({reason}): start the service (make serve) or pass --host"
+        ) from exc
+
+
+def read_traffic(cfg: LoadTestConfig) -> list[list[Any]]:
+    """The split's [text, label] pairs, read (and checked) before anything starts."""
+    split = read_split("load-test", cfg.texts, cfg.text_column, cfg.label_column)
+    pairs = [[str(t), lab] for t, lab in zip(split.texts, split.labels, strict=True) if t]
+    if not pairs:
+        raise LoadTestError(f"{cfg.texts} has no texts to send")
+    return pairs
+
+
+def locust_env(cfg: LoadTestConfig, run_dir: Path, rate: float) -> dict[str, str]:
+    """The locustfile's settings (see its docstring)."""
+    env = {
+        **os.environ,
+        "TUNESERVE_LOAD_TEXTS": str(run_dir / "traffic.json"),
+        "TUNESERVE_LOAD_PATH": cfg.path,
+        "TUNESERVE_LOAD_MODE": "open" if cfg.open_loop else "closed",
+        "TUNESERVE_LOAD_RATE": str(rate),
+        "TUNESERVE_LOAD_ARRIVALS": cfg.arrivals,
+        "TUNESERVE_LOAD_DURATION_S": str(cfg.warmup_s + cfg.duration_s),
+        "TUNESERVE_LOAD_MAX_OUTSTANDING": str(cfg.max_outstanding),
+        "TUNESERVE_LOAD_SEED": str(cfg.seed),
+        "TUNESERVE_LOAD_WARMUP_S": str(cfg.warmup_s),
+        "TUNESERVE_LOAD_FEEDBACK": str(cfg.feedback),
+        "TUNESERVE_LOAD_FEEDBACK_DELAY_S": str(cfg.feedback_delay_s),
+        "TUNESERVE_LOAD_LABEL_NAMES": json.dumps(cfg.label_names),
+        "TUNESERVE_LOAD_RAW": str(run_dir / "requests.json"),
+        "TUNESERVE_LOAD_USERS": str(cfg.distinct_users),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    env.pop("TUNESERVE_LOAD_SHAPE", None)
+    if cfg.shape != "constant" and not cfg.open_loop:
+        total = cfg.warmup_s + cfg.duration_s
+        params = default_params(cfg.shape, cfg.users, cfg.spawn_rate, total)
+        env["TUNESERVE_LOAD_SHAPE"] = cfg.shape
+        env["TUNESERVE_LOAD_SHAPE_PARAMS"] = json.dumps(params)
+    return env
+
+
+def locust_command(cfg: LoadTestConfig, run_dir: Path) -> list[str]:
+    """`locust --headless` writing CSV (full history), HTML and JSON into ``run_dir``."""
+    total = cfg.warmup_s + cfg.duration_s
+    prefix = str(run_dir / "locust")
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+               "--host", cfg.host, "--csv", prefix, "--csv-full-history",
+               "--html", prefix + ".html", "--json-file", prefix, "--only-summary",
+               "--stop-timeout", "5", "--loglevel", "WARNING"]  # fmt: skip
+    if cfg.open_loop:
+        # the scheduler quits when its schedule is done; the run time is only a backstop
+        return [*command, "-u", "1", "-r", "1", "-t", f"{total + 30:.0f}s", "OpenLoopUser"]
+    if cfg.shape == "constant":
+        command += ["-u", str(cfg.users), "-r", f"{cfg.spawn_rate:g}", "-t", f"{total:.0f}s"]
+    return [*command, "PredictUser"]
+
+
+def _progress(history: Path, elapsed_s: float, total_s: float) -> None:
+    try:
+        with history.open(newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if r.get("Name") == "Aggregated"]
+    except OSError:
+        rows = []
+    if rows:
+        last = rows[-1]
+        log.info(
+            "%3.0f/%.0f s: %s users, %s req/s, %s requests, %s failures, p99 %s ms "
+            "(Locust's rounded figures)", elapsed_s, total_s, last["User Count"],
+            f"{float(last['Requests/s']):.1f}", last["Total Request Count"],
+            last["Total Failure Count"], last.get("99%", "?"),
+        )  # fmt: skip
+    else:
+        log.info("%3.0f/%.0f s: no requests answered yet", elapsed_s, total_s)
+
+
+def run_locust(
+    cfg: LoadTestConfig, run_dir: Path, traffic: list[list[Any]], rate: float | None = None
+) -> dict[str, Any]:
+    """One headless Locust run in ``run_dir``; the raw file's metadata and summary rows."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "traffic.json").write_text(json.dumps(traffic))
+    command = locust_command(cfg, run_dir)
+    env = locust_env(cfg, run_dir, cfg.rate if rate is None else rate)
+    total = cfg.warmup_s + cfg.duration_s
+    started = time.monotonic()
+    with (run_dir / "locust.log").open("wb") as out:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            next_report = started + PROGRESS_EVERY_S
+            while proc.poll() is None:
+                time.sleep(0.2)
+                if time.monotonic() >= next_report:
+                    _progress(run_dir / "locust_stats_history.csv", time.monotonic() - started,
+                              total)  # fmt: skip
+                    next_report += PROGRESS_EVERY_S
+                if time.monotonic() - started > total + 90:
+                    proc.kill()
+                    raise LoadTestError(f"Locust ran 90 s past its {total:.0f} s: see "
+                                        f"{run_dir / 'locust.log'}")  # fmt: skip
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    raw = run_dir / "requests.json"
+    if not raw.is_file():
+        tail = (run_dir / "locust.log").read_text(errors="replace")[-1500:]
+        raise LoadTestError(f"Locust exited with code {proc.returncode} and no results: {tail}")
+    meta, samples = read_samples(raw)
+    if meta.get("started_at") is None or not samples:
+        raise LoadTestError(f"Locust sent no requests to {cfg.host}: see {run_dir / 'locust.log'}")
+    start = float(meta["started_at"]) + cfg.warmup_s
+    end = start + cfg.duration_s
+    points = windows(samples, float(meta["started_at"]), end)
+    (run_dir / "windows.json").write_text(json.dumps(points))
+    return {
+        "meta": meta,
+        "window": {"start": start, "end": end},
+        "rows": summary_rows(samples, start, end, cfg.late_ms),
+        "windows": points,
+        "locust_exit_code": proc.returncode,
+    }
