@@ -131,3 +131,14 @@ def accuracy_trips(
                 "labelled": {"control": n_a, "challenger": n_b},
             }))  # fmt: skip
     return trips
+
+
+def enabled_since(history: list[tuple[float, dict[str, Any]]], variant: str) -> float:
+    """When ``variant`` was last put back in rotation (0: never taken out), from the history of
+    state changes; the accuracy guardrail judges it only on what it answered since."""
+    for ts, change in reversed(history):
+        before = (change.get("from") or {}).get("disabled", [])
+        after = (change.get("to") or {}).get("disabled", [])
+        if variant in before and variant not in after:
+            return ts
+    return 0.0

@@ -25,7 +25,7 @@ from service.errors import (
     OverloadedError,
     PayloadTooLargeError,
 )
-from service.guardrails import Guardrails, Trip, accuracy_trips
+from service.guardrails import Guardrails, Trip, accuracy_trips, enabled_since
 from service.ids import PredictionIds, load_key
 from service.model import VariantModel
 from service.predlog import PredictionLog
@@ -205,17 +205,24 @@ class Predictor:
         """The checks that read the store: accuracy guardrail, sample-ratio gauges."""
         settings = self.settings
         guard = settings.guardrails
-        if guard.enabled and guard.accuracy:
-            challengers = [n for n in self.guardrails.windows if n not in self.state.disabled]
-            trips = accuracy_trips(
-                self.store.labelled(), settings.control.name, challengers,
-                guard.accuracy_alpha, settings.experiment.msprt_tau,
-            )  # fmt: skip
-            for trip in trips:
-                self._trip(trip)
         history = self.store.history()
+        if guard.enabled and guard.accuracy:
+            labelled = self.store.labelled(salt=self.state.salt)
+            for name in self.guardrails.windows:
+                if name in self.state.disabled:
+                    continue
+                since = enabled_since(history, name)  # put back by the admin: judged afresh
+                rows = [row for row in labelled if row[1] >= since]
+                trips = accuracy_trips(
+                    rows, settings.control.name, [name],
+                    guard.accuracy_alpha, settings.experiment.msprt_tau,
+                )  # fmt: skip
+                for trip in trips:
+                    self._trip(trip)
         since = history[-1][0] if history else 0.0  # the split is judged since the last change
-        srm = sample_ratio_check(self.store.traffic_since(since), self.router.shares)
+        srm = sample_ratio_check(
+            self.store.traffic_since(since, self.state.salt), self.router.shares
+        )
         metrics.SAMPLE_RATIO_P_VALUE.set(srm.p_value)
         metrics.SAMPLE_RATIO_MISMATCH.set(int(srm.mismatch))
 
@@ -284,7 +291,8 @@ class Predictor:
                 headers={"Retry-After": str(self.settings.limits.retry_after_s)},
             )
         started = time.perf_counter()
-        assignment = self.router.choose(user_id=user_id, forced=forced)
+        router = self.router  # one state for the whole request, even if a change lands meanwhile
+        assignment = router.choose(user_id=user_id, forced=forced)
         model = self.models[assignment.variant]
         hashed = unit_hash(self.settings.experiment.salt, user_id) if user_id else None
         self._inflight += 1
@@ -293,7 +301,7 @@ class Predictor:
             probs, encodings = await self._run(model, texts)
         except Exception as exc:  # not a cancellation: a client that went away is no failure
             kind = "deadline" if isinstance(exc, DeadlineError) else "internal"
-            self._log_failure(assignment, model, texts, hashed, started, kind)
+            self._log_failure(assignment, model, texts, hashed, started, kind, router.salt)
             raise
         finally:
             self._inflight -= 1
@@ -307,7 +315,7 @@ class Predictor:
             self._count(assignment, prediction.label, prediction.score, prediction.truncated)
             prediction_id = self.ids.new()
             self.log.submit(
-                self._row(assignment, model, prediction_id, now, hashed, latency_ms)
+                self._row(assignment, model, prediction_id, now, hashed, latency_ms, router.salt)
                 | {
                     "label": prediction.label,
                     "score": prediction.score,
@@ -353,6 +361,7 @@ class Predictor:
         ts: float,
         hashed: str | None,
         latency_ms: float,
+        salt: str,
     ) -> dict[str, Any]:
         """The prediction-log columns every row of a request shares."""
         return {
@@ -365,6 +374,7 @@ class Predictor:
             "forced": int(assignment.forced),
             "latency_ms": latency_ms,
             "error": None,
+            "salt": salt,
         }
 
     def _log_failure(
@@ -375,6 +385,7 @@ class Predictor:
         hashed: str | None,
         started: float,
         kind: str,
+        salt: str,
     ) -> None:
         """A routed request failed: one error row per text (the report's error rate), and the
         variant's guardrail window."""
@@ -382,7 +393,7 @@ class Predictor:
         self.guardrails.record(assignment.variant, latency_ms, failed=True)
         now = time.time()
         for _ in texts:
-            row = self._row(assignment, model, self.ids.new(), now, hashed, latency_ms)
+            row = self._row(assignment, model, self.ids.new(), now, hashed, latency_ms, salt)
             self.log.submit(row | {"label": "", "score": 0.0, "error": kind})
 
     def _offer_shadow(

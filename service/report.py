@@ -3,7 +3,8 @@ the control with the fixed-horizon and the always-valid test; the sample-ratio c
 agreement with McNemar's test; guardrail trips; accuracy over time; a verdict.
 
 Built from the store alone, so `GET /ab/report` and `tuneserve ab-report --db PATH` agree.
-Forced traffic, and traffic outside the experiment's coverage, is left out of every figure but
+It covers the current experiment (the routing salt in force). Forced traffic, and traffic
+outside the experiment's coverage, is left out of every figure but
 its own count. The sample ratio is judged on the traffic since the last change of the experiment
 state (weights, disabled variants), against the shares in force.
 """
@@ -45,7 +46,7 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
     excluded: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     latency: dict[str, list[float]] = defaultdict(list)
-    for variant, unit, ts, latency_ms, error in store.served():
+    for variant, unit, ts, latency_ms, error in store.served(state.salt):
         if unit == "forced":
             forced[variant] += 1
         elif unit == "excluded":
@@ -57,7 +58,7 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
                 errors[variant] += 1
             else:
                 latency[variant].append(latency_ms)
-    labelled = store.labelled()
+    labelled = store.labelled(salt=state.salt)
     outcomes: dict[str, list[bool]] = defaultdict(list)
     for variant, _, correct, _ in labelled:
         outcomes[variant].append(correct)

@@ -70,6 +70,8 @@ MIGRATIONS.append(
         # a request that failed after it was routed (deadline, internal error): label '' and
         # score 0, error names the kind; the report's error rate per variant counts them
         "ALTER TABLE predictions ADD COLUMN error TEXT",
+        # the experiment (routing salt) a row belongs to; the report reads one experiment
+        "ALTER TABLE predictions ADD COLUMN salt TEXT",
         """CREATE TABLE shadow (
             prediction_id TEXT PRIMARY KEY,
             ts DOUBLE PRECISION NOT NULL,
@@ -87,7 +89,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 PREDICTION_COLUMNS = (
     "id", "ts", "variant", "model_version", "unit", "unit_hash", "forced", "label", "score",
-    "latency_ms", "text", "error",
+    "latency_ms", "text", "error", "salt",
 )  # fmt: skip
 SHADOW_COLUMNS = (
     "prediction_id", "ts", "variant", "model_version", "live_variant", "live_label", "label",
@@ -263,34 +265,42 @@ class Store:
             ).fetchall()
         return [(float(ts), json.loads(change)) for ts, change in rows]
 
-    def served(self) -> list[tuple[str, str, float, float, str | None]]:
-        """(variant, unit, time, latency_ms, error) of every logged request; ``unit`` is
-        ``user``, ``request``, ``forced`` or ``excluded`` (outside the experiment's coverage)."""
+    def served(self, salt: str | None = None) -> list[tuple[str, str, float, float, str | None]]:
+        """(variant, unit, time, latency_ms, error) of every logged request (of the experiment
+        ``salt`` names); ``unit`` is ``user``, ``request``, ``forced`` or ``excluded``."""
+        where, params = _of_experiment(salt)
         with self._lock:
             rows = self.conn.execute(
-                "SELECT variant, unit, ts, latency_ms, error FROM predictions"
+                f"SELECT variant, unit, ts, latency_ms, error FROM predictions WHERE {where}",
+                params,
             ).fetchall()
         return [(str(v), str(u), float(ts), float(lat), err) for v, u, ts, lat, err in rows]
 
-    def traffic_since(self, since: float) -> dict[str, int]:
+    def traffic_since(self, since: float, salt: str | None = None) -> dict[str, int]:
         """Requests per variant in the experiment (not forced, not excluded) logged since then."""
+        where, params = _of_experiment(salt)
         with self._lock:
             rows = self.conn.execute(
                 "SELECT variant, COUNT(*) FROM predictions WHERE ts >= ? AND forced = 0 "
-                "AND unit <> 'excluded' GROUP BY variant",
-                (since,),
+                f"AND unit <> 'excluded' AND {where} GROUP BY variant",
+                (since, *params),
             ).fetchall()
         return {str(v): int(n) for v, n in rows}
 
-    def labelled(self, include_forced: bool = False) -> list[tuple[str, float, bool, float]]:
-        """(variant, time, correct, latency_ms) of every prediction with feedback, oldest first;
-        forced traffic only when asked for, traffic outside the coverage never."""
+    def labelled(
+        self, include_forced: bool = False, salt: str | None = None
+    ) -> list[tuple[str, float, bool, float]]:
+        """(variant, time, correct, latency_ms) of every prediction with feedback (of the
+        experiment ``salt`` names), oldest first; forced traffic only when asked for, traffic
+        outside the coverage never."""
         forced = "" if include_forced else "AND p.forced = 0"
+        where, params = _of_experiment(salt, "p.")
         with self._lock:
             rows = self.conn.execute(
                 "SELECT p.variant, p.ts, p.label = f.label, p.latency_ms FROM predictions p "
                 "JOIN feedback f ON f.prediction_id = p.id "
-                f"WHERE p.unit <> 'excluded' {forced} ORDER BY p.ts"
+                f"WHERE p.unit <> 'excluded' {forced} AND {where} ORDER BY p.ts",
+                params,
             ).fetchall()
         return [(str(v), float(ts), bool(ok), float(lat)) for v, ts, ok, lat in rows]
 
@@ -316,6 +326,14 @@ class Store:
         """Close the connection."""
         with self._lock:
             self.conn.close()
+
+
+def _of_experiment(salt: str | None, prefix: str = "") -> tuple[str, tuple[str, ...]]:
+    """A WHERE clause for the rows of one experiment (rows logged before salts were recorded
+    count for every experiment); every row when ``salt`` is None."""
+    if salt is None:
+        return "1 = 1", ()
+    return f"({prefix}salt = ? OR {prefix}salt IS NULL)", (salt,)
 
 
 def unit_hash(salt: str, unit_id: str | None) -> str | None:

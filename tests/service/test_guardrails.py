@@ -13,7 +13,7 @@ import pytest
 from service import metrics
 from service.config import GuardrailConfig, load_serving_config
 from service.errors import DeadlineError
-from service.guardrails import Guardrails, accuracy_trips, p99
+from service.guardrails import Guardrails, accuracy_trips, enabled_since, p99
 from service.predictor import Predictor
 from service.report import build_report, format_report
 from service.store import Store
@@ -150,7 +150,7 @@ def test_a_worse_challenger_trips_on_accuracy_from_the_store(
     rows, feedback = [], []
     for variant, ts, correct, _ in _labelled(600, 0.9, 0.6, seed=3):
         pid = f"{variant}-{ts}"
-        rows.append({"id": pid, "ts": time.time() - 1000 + ts, "variant": variant,
+        rows.append({"id": pid, "ts": time.time() - 2000 + ts, "variant": variant,
                      "model_version": "m", "unit": "user", "unit_hash": "h", "forced": 0,
                      "label": "positive", "score": 0.9, "latency_ms": 1.0})  # fmt: skip
         feedback.append((pid, "positive" if correct else "negative"))
@@ -160,4 +160,18 @@ def test_a_worse_challenger_trips_on_accuracy_from_the_store(
     _wait_disabled(predictor)
     report = build_report(predictor.store, predictor.settings)
     assert report["guardrail_trips"][0]["kind"] == "accuracy"
+    # put back by the admin, it is judged only on what it answers from then on: the old
+    # evidence does not trip it again at once
+    predictor.change_state({"enable": ["tuned"]})
+    time.sleep(1.5)  # three store checks
+    assert predictor.state.disabled == ()
     asyncio.run(predictor.close())
+
+
+def test_enabled_since_reads_the_history() -> None:
+    off = {"from": {"disabled": []}, "to": {"disabled": ["tuned"]}}
+    on = {"from": {"disabled": ["tuned"]}, "to": {"disabled": []}}
+    assert enabled_since([], "tuned") == 0.0
+    assert enabled_since([(1.0, {"by": "config"}), (2.0, off)], "tuned") == 0.0
+    assert enabled_since([(2.0, off), (3.0, on), (4.0, off), (5.0, on)], "tuned") == 5.0
+    assert enabled_since([(2.0, off), (3.0, on)], "other") == 0.0

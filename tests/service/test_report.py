@@ -181,3 +181,20 @@ def test_report_counts_errors_and_excluded_traffic(
     assert by_name["tuned"]["latency_ms"]["p99"] < 2000  # failed requests have no latency row
     assert by_name["baseline"]["excluded"] == 30 and by_name["baseline"]["traffic"] == 100
     assert by_name["baseline"]["labelled"] == 100 and by_name["baseline"]["error_rate"] == 0
+
+
+def test_report_covers_the_current_experiment_only(
+    tmp_path: Path,
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    store = Store(tmp_path / "s.sqlite")
+    _fill(store, {"baseline": (200, 0.8), "tuned": (200, 0.8)})  # no salt: counted everywhere
+    old = [{"id": f"o{i}", "ts": 5e5 + i, "variant": "tuned", "model_version": "m",
+            "unit": "user", "unit_hash": "h", "forced": 0, "label": "positive", "score": 0.9,
+            "latency_ms": 1.0, "salt": "an-old-experiment"} for i in range(70)]  # fmt: skip
+    store.log_predictions(old)
+    for row in old:
+        store.add_feedback(row["id"], "negative")
+    by_name = {v["variant"]: v for v in build_report(store, settings)["variants"]}
+    assert by_name["tuned"]["traffic"] == 200 and by_name["tuned"]["labelled"] == 200
+    assert len(store.labelled()) == 470  # all experiments, when no salt is given
