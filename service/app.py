@@ -29,6 +29,7 @@ from service.model import read_export
 from service.predictor import Predictor, check_text, check_texts, check_user_id
 from service.report import build_report, format_report
 from service.report_page import render_page
+from service.workers import all_workers_alive
 from tuneserve.errors import TuneserveError
 
 
@@ -149,7 +150,8 @@ class Tuneserve:
         return self.predictor.ready
 
     def __is_alive__(self) -> bool:
-        return self.predictor.warmup_error is None
+        # also false when a sibling worker died and BentoML will not replace it (service/workers.py)
+        return self.predictor.warmup_error is None and all_workers_alive(SETTINGS.workers)
 
     @bentoml.on_shutdown
     async def _close(self) -> None:

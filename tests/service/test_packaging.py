@@ -83,6 +83,18 @@ def test_bentofile_dockerfile_and_extra_install_the_same_dependencies() -> None:
             assert any(line.startswith(f"COPY {top}") for line in lines), (name, top)
 
 
+def test_images_keep_bentoml_respawning_dead_workers() -> None:
+    # BentoML turns worker respawn off when either variable is set, to any value
+    # (bentoml.serving.running_inside_container); our images must replace a killed worker.
+    stages = _dockerfile_stages((REPO / "Dockerfile").read_text())
+    for name, lines in stages.items():
+        env = " ".join(line for line in lines if line.split()[0] in ("ENV", "ARG"))
+        for variable in ("BENTOML_CONTAINERIZED", "BENTOCLOUD_DEPLOYMENT_URL"):
+            assert variable not in env, f"the {name} image sets {variable}"
+    bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    assert "BENTOML_CONTAINERIZED" not in {e["name"] for e in bentofile.get("envs", [])}
+
+
 @pytest.mark.slow
 def test_bentoml_build_packs_service_config_and_models(
     tmp_path: Path, tiny_exports: dict[str, Path]
