@@ -9,7 +9,11 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 SST2 ?= ../shared/data/sst2
 
-.PHONY: demo serve test lint env clean
+PROM_PORT ?= 9090
+OBSERVE_DIR ?= artifacts/observe
+SCRAPE_INTERVAL ?= 5s
+
+.PHONY: demo serve observe test lint env clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +41,18 @@ demo: env
 # Serve the models of the last demo run (Ctrl-C stops it).
 serve: env
 	$(TUNESERVE) serve --config $(SERVING_CONFIG) --host $(HOST) --port $(PORT)
+
+# Prometheus (Debian package `prometheus`) scraping the service at HOST:PORT, with the alert
+# rules of deploy/prometheus; its UI and HTTP API on 127.0.0.1:PROM_PORT (Ctrl-C stops it).
+observe:
+	@command -v prometheus >/dev/null || { echo "prometheus not found: apt-get install prometheus"; exit 1; }
+	mkdir -p $(OBSERVE_DIR)
+	sed -e 's/127.0.0.1:3000/$(HOST):$(PORT)/' -e 's/scrape_interval: 5s/scrape_interval: $(SCRAPE_INTERVAL)/' \
+		deploy/prometheus/prometheus.yml > $(OBSERVE_DIR)/prometheus.yml
+	cp deploy/prometheus/alerts.yml $(OBSERVE_DIR)/alerts.yml
+	@echo "Prometheus on http://127.0.0.1:$(PROM_PORT), scraping http://$(HOST):$(PORT)/metrics"
+	exec prometheus --config.file=$(OBSERVE_DIR)/prometheus.yml \
+		--storage.tsdb.path=$(OBSERVE_DIR)/data --web.listen-address=127.0.0.1:$(PROM_PORT)
 
 test: env
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

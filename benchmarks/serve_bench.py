@@ -7,9 +7,10 @@ PyTorch server, and in-process ONNX Runtime as the ceiling, all measured in one 
 
 For each server: resident memory per idle worker; a closed-loop sweep with Locust (users 1 to 32,
 the first seconds of each run excluded) giving throughput and exact p50/p99 from raw per-request
-rows; the highest throughput with p99 <= 100 ms; p50/p99 at 50 requests/s offered; the server's
-CPU seconds per request. Locust runs on the same machine as the server and takes its share of
-the cores: every report says so. Writes bench.json, bench.md and bench.png.
+rows; the highest throughput with p99 <= 100 ms; p50/p99 at 50 requests/s offered (open loop:
+arrivals at intended times, latency measured from them); the server's CPU seconds per request.
+Locust runs on the same machine as the server and takes its share of the cores: every report
+says so. Writes bench.json, bench.md (the headline table first) and bench.png.
 """
 
 from __future__ import annotations
@@ -93,19 +94,26 @@ def start_peer(export: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 def run_locust(
-    url: str, users: int, rate: float, seconds: float, warmup_s: float, texts: Path, work: Path
-) -> dict[str, Any]:
-    """One headless Locust run; statistics from raw rows after the warm-up."""
-    raw = work / f"raw-{users}-{rate}.json"
+    url: str, users: int, rate: float, seconds: float, warmup_s: float, texts: Path, work: Path,
+    open_loop: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """One headless Locust run; statistics from raw rows after the warm-up. ``open_loop``: one
+    scheduler sends ``rate`` requests/s at fixed intended times (Poisson), latency measured
+    from the intended send time; otherwise ``users`` closed-loop users, ``rate`` each."""
+    raw = work / f"raw-{users}-{rate}-{'open' if open_loop else 'closed'}.json"
     env = {**os.environ, "TUNESERVE_LOAD_TEXTS": str(texts), "TUNESERVE_LOAD_RAW": str(raw),
-           "TUNESERVE_LOAD_RATE": str(rate)}  # fmt: skip
+           "TUNESERVE_LOAD_RATE": str(rate), "TUNESERVE_LOAD_MODE": "open" if open_loop else
+           "closed", "TUNESERVE_LOAD_DURATION_S": str(warmup_s + seconds)}  # fmt: skip
+    users, user_class = (1, "OpenLoopUser") if open_loop else (users, "PredictUser")
+    run_time = warmup_s + seconds + (30 if open_loop else 0)  # open loop quits by itself
     command = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtests" / "locustfile.py"),
                "--headless", "-u", str(users), "-r", str(users), "--host", url,
-               "--run-time", f"{warmup_s + seconds:.0f}s", "--only-summary",
-               "--stop-timeout", "5", "--loglevel", "ERROR"]  # fmt: skip
+               "--run-time", f"{run_time:.0f}s", "--only-summary",
+               "--stop-timeout", "5", "--loglevel", "ERROR", user_class]  # fmt: skip
     subprocess.run(command, env=env, cwd=REPO, check=False, capture_output=True, timeout=600)
-    rows = json.loads(raw.read_text())
-    start = min(r[0] for r in rows) + warmup_s
+    data = json.loads(raw.read_text())
+    rows = [r for r in data["rows"] if r[4] in ("predict", "dropped")]
+    start = data["meta"]["started_at"] + warmup_s
     end = start + seconds
     window = [r for r in rows if start <= r[0] < end]
     ok = np.array([r[1] for r in window if r[2] == 200])
@@ -146,9 +154,8 @@ def measure_server(
     meeting = [p for p in sweep if p["p99_ms"] is not None and p["p99_ms"] <= P99_SLO_MS
                and p["failures"] == 0]  # fmt: skip
     result["max_rps_p99_100ms"] = max((p["throughput_rps"] for p in meeting), default=0.0)
-    fixed_users = 50  # Poisson arrivals, 1 request/s each on average: close to an open loop
-    fixed = run_locust(url, fixed_users, args.rate / fixed_users, args.seconds, args.warmup,
-                       texts, work)  # fmt: skip
+    # open loop: Poisson arrivals at args.rate, latency from the intended send time
+    fixed = run_locust(url, 1, args.rate, args.seconds, args.warmup, texts, work, open_loop=True)
     result["fixed_rate"] = fixed | {"offered_rps": args.rate}
     print(f"  {name}: {args.rate:g} req/s offered -> p50 {fixed['p50_ms']:.1f} "
           f"p99 {fixed['p99_ms']:.1f} ms", flush=True)  # fmt: skip
@@ -253,6 +260,22 @@ def table(results: list[dict[str, Any]], inproc: dict[str, Any], rate: float) ->
     return "\n".join(lines)
 
 
+def headline(results: list[dict[str, Any]], rate: float) -> str:
+    """BENCHMARKS.md's headline serving table: one row per server, all from this run."""
+    lines = [
+        f"| server | max req/s with p99 <= {P99_SLO_MS:.0f} ms (closed-loop sweep) | "
+        f"p50 / p99 at {rate:g} req/s offered, open loop (ms) | failures at {rate:g} req/s |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in results:
+        fixed = r["fixed_rate"]
+        p50 = "-" if fixed["p50_ms"] is None else f"{fixed['p50_ms']:.1f}"
+        p99 = "-" if fixed["p99_ms"] is None else f"{fixed['p99_ms']:.1f}"
+        lines.append(f"| {r['name']} | {r['max_rps_p99_100ms']:.0f} | {p50} / {p99} | "
+                     f"{fixed['failures']} of {fixed['requests']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", type=Path, required=True, help="INT8 export (cpu-int8)")
@@ -300,15 +323,16 @@ def main() -> None:
             stop_process(proc)
     report = {
         "machine": describe_machine(),
-        "load_generator": "Locust 2.47 (FastHttpUser) on the same machine and cores as the "
-        "server; sweep: closed loop; fixed rate: 50 users with Poisson arrivals",
+        "load_generator": "Locust 2.47 (FastHttpUser) on the same host as the server "
+        "(127.0.0.1), sharing its CPUs; sweep: closed loop; fixed rate: open loop, Poisson "
+        "arrivals, latency from the intended send time",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "export": str(args.export),
         "in_process": inproc,
         "servers": results,
     }
     (args.out / "bench.json").write_text(json.dumps(report, indent=2))
-    md = table(results, inproc, args.rate)
+    md = headline(results, args.rate) + "\n\n" + table(results, inproc, args.rate)
     (args.out / "bench.md").write_text(md + "\n")
     plot(results, args.out / "bench.png")
     print("\n" + md)

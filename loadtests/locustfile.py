@@ -125,7 +125,8 @@ def arrival_offsets(rate: float, duration_s: float, arrivals: str, seed: int) ->
         return []
     if arrivals in ("fixed", "constant"):
         return [i / rate for i in range(int(rate * duration_s))]
-    rng, t, out = random.Random(seed), 0.0, []
+    rng, t = random.Random(seed), 0.0
+    out: list[float] = []
     while True:
         t += rng.expovariate(rate)
         if t >= duration_s:

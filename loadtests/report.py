@@ -17,7 +17,7 @@ def _local_addresses() -> set[str]:
     found: set[str] = set()
     for name in names:
         try:
-            found |= {info[4][0] for info in socket.getaddrinfo(name, None)}
+            found |= {str(info[4][0]) for info in socket.getaddrinfo(name, None)}
         except OSError:
             continue
     return found
@@ -27,7 +27,7 @@ def placement(host: str) -> str:
     """One sentence: does the load generator share the server's machine (and so its CPUs)?"""
     hostname = urlparse(host).hostname or host
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(hostname, None)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(hostname, None)}
     except OSError:
         addresses = set()
     loopback = any(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
