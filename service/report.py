@@ -220,6 +220,14 @@ def verdict(challenger: str, control: str, result: dict[str, Any], alpha: float)
             f"[{low:.1f}, {high:.1f}], p = {p:.2g} (always-valid p = {p_seq:.2g})"
         )
     needed = result["samples_needed_per_arm"]
+    if p <= alpha:  # significant at a fixed horizon, but the horizon is not reached
+        better = "better" if diff > 0 else "worse"
+        return (
+            f"{challenger} {better} than {control} by {abs(diff):.1f} points "
+            f"[{low:.1f}, {high:.1f}], p = {p:.2g} at this sample size; not yet confirmed by the "
+            f"always-valid test (p = {p_seq:.2g}) before the planned {needed:,} per arm: if you "
+            "have been watching the report, keep collecting before you act"
+        )
     if min(counts.values()) < needed:
         return (
             f"not enough data: about {needed:,} labelled predictions per arm needed to detect "
@@ -265,5 +273,14 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(line)
     for trip in report["guardrail_trips"]:
         lines.append(f"!!! guardrail: {trip['variant']} taken out of rotation ({trip['kind']})")
+    for c in report["comparisons"]:
+        low, high = (x * 100 for x in c["difference_ci"])
+        lines.append(
+            f"{c['challenger']} - {report['control']}: {c['difference'] * 100:+.1f} points "
+            f"[{low:.1f}, {high:.1f}], z-test p = {c['p_value']:.2g}, always-valid p = "
+            f"{c['always_valid_p_value']:.2g} ({c['labelled']['control']:,} and "
+            f"{c['labelled']['challenger']:,} labelled; {c['samples_needed_per_arm']:,} per arm "
+            f"planned for {c['minimum_effect'] * 100:.1f} points)"
+        )
     lines += [f"verdict: {c['verdict']}" for c in report["comparisons"]]
     return "\n".join(lines)

@@ -198,3 +198,33 @@ def test_report_covers_the_current_experiment_only(
     by_name = {v["variant"]: v for v in build_report(store, settings)["variants"]}
     assert by_name["tuned"]["traffic"] == 200 and by_name["tuned"]["labelled"] == 200
     assert len(store.labelled()) == 470  # all experiments, when no salt is given
+
+
+def test_verdict_words_for_each_case() -> None:
+    from service.report import verdict
+
+    base = {
+        "difference": 0.075, "difference_ci": [0.027, 0.12], "minimum_effect": 0.02,
+        "labelled": {"control": 418, "challenger": 454}, "samples_needed_per_arm": 6455,
+    }  # fmt: skip
+    confirmed = verdict(
+        "tuned", "baseline", base | {"p_value": 0.001, "always_valid_p_value": 0.01}, 0.05
+    )
+    assert (
+        confirmed
+        == "tuned better than baseline by 7.5 points [2.7, 12.0], p = 0.001 (always-valid p = 0.01)"
+    )
+    early = verdict(
+        "tuned", "baseline", base | {"p_value": 0.004, "always_valid_p_value": 0.08}, 0.05
+    )
+    assert early.startswith(
+        "tuned better than baseline by 7.5 points [2.7, 12.0], p = 0.004 at this"
+    )
+    assert "not yet confirmed by the always-valid test (p = 0.08)" in early
+    unclear = verdict(
+        "tuned", "baseline", base | {"p_value": 0.3, "always_valid_p_value": 1.0}, 0.05
+    )
+    assert unclear.startswith("not enough data: about 6,455 labelled predictions per arm")
+    done = base | {"labelled": {"control": 7000, "challenger": 7000}}
+    flat = verdict("tuned", "baseline", done | {"p_value": 0.3, "always_valid_p_value": 1.0}, 0.05)
+    assert flat.startswith("no significant difference between tuned and baseline: +7.5 points")
