@@ -9,6 +9,7 @@ from typing import Any
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 WIDTH, HEIGHT, PAD = 760, 300, 48
+RIGHT = 90  # room for the variant names at the line ends
 
 
 def render_page(report: dict[str, Any], refresh_s: int = 30) -> str:
@@ -117,7 +118,7 @@ def accuracy_chart(timeline: dict[str, list[list[float]]]) -> str:
     span_t, span_y = (t1 - t0) or 1.0, (high - low) or 1.0
 
     def xy(ts: float, y: float) -> str:
-        x = PAD + (ts - t0) / span_t * (WIDTH - 2 * PAD)
+        x = PAD + (ts - t0) / span_t * (WIDTH - PAD - RIGHT)
         return f"{x:.1f},{HEIGHT - PAD - (y - low) / span_y * (HEIGHT - 2 * PAD):.1f}"
 
     svg = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{HEIGHT}' "
@@ -125,11 +126,11 @@ def accuracy_chart(timeline: dict[str, list[list[float]]]) -> str:
     for i in range(5):  # y grid and labels
         y = low + span_y * i / 4
         x0, y0 = xy(t0, y).split(",")
-        svg.append(f"<line x1='{PAD}' x2='{WIDTH - PAD}' y1='{y0}' y2='{y0}' stroke='#eee'/>"
+        svg.append(f"<line x1='{PAD}' x2='{WIDTH - RIGHT}' y1='{y0}' y2='{y0}' stroke='#eee'/>"
                    f"<text x='{float(x0) - 6}' y='{float(y0) + 4}' font-size='11' "
                    f"text-anchor='end'>{y:.2f}</text>")  # fmt: skip
     svg.append(f"<text x='{PAD}' y='{HEIGHT - 12}' font-size='11'>{_clock(t0)}</text>"
-               f"<text x='{WIDTH - PAD}' y='{HEIGHT - 12}' font-size='11' text-anchor='end'>"
+               f"<text x='{WIDTH - RIGHT}' y='{HEIGHT - 12}' font-size='11' text-anchor='end'>"
                f"{_clock(t1)}</text>")  # fmt: skip
     for i, (name, series) in enumerate(timeline.items()):
         if not series:
@@ -140,7 +141,7 @@ def accuracy_chart(timeline: dict[str, list[list[float]]]) -> str:
         line = " ".join(xy(p[0], p[2]) for p in series)
         svg.append(f"<polyline points='{line}' fill='none' stroke='{colour}' stroke-width='2'/>")
         last = series[-1]
-        svg.append(f"<text x='{WIDTH - PAD + 4}' y='{xy(last[0], last[2]).split(',')[1]}' "
+        svg.append(f"<text x='{WIDTH - RIGHT + 6}' y='{xy(last[0], last[2]).split(',')[1]}' "
                    f"font-size='12' fill='{colour}'>{escape(name)}</text>")  # fmt: skip
     svg.append("</svg>")
     return "".join(svg)
