@@ -1,18 +1,20 @@
 """Shadow traffic: a share of live requests is also scored by a shadow variant, after answering.
 
 A request only offers a job (never waiting): the job goes on a bounded queue drained by one
-thread per worker, which starts a job only while the worker has no prediction in flight, so the
-shadow model never competes with a live request that is already running, and the live answer is
-on its way before its shadow run starts. Jobs that find the queue full, or that wait longer than
-``max_age_ms`` for an idle moment (a busy worker), are skipped and counted, never queued without
-bound. Each shadow answer is compared with the live one (``tuneserve_shadow_predictions_total``
-by outcome ``agree``/``disagree``) and written to the store's ``shadow`` table through the
-prediction log, where feedback later pairs them for McNemar's test in the report.
+thread per worker, which starts a job only while the worker has no prediction in flight (so the
+live answer is on its way before its shadow run starts) and runs at the lowest CPU priority
+(nice 19, Linux), so that a live request arriving during a shadow run gets the cores first.
+Jobs that find the queue full, or that wait longer than ``max_age_ms`` for an idle moment (a
+busy worker), are skipped and counted, never queued without bound. Each shadow answer is
+compared with the live one (``tuneserve_shadow_predictions_total`` by outcome
+``agree``/``disagree``) and written to the store's ``shadow`` table through the prediction log,
+where feedback later pairs them for McNemar's test in the report.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -35,6 +37,17 @@ class ShadowJob:
     live_variant: str
     live_labels: list[str]
     queued_at: float  # time.monotonic()
+
+
+def lower_priority() -> None:
+    """Give the calling thread the lowest CPU priority (Linux: per-thread nice 19).
+
+    With one ONNX Runtime thread per inference (the CPU default) the model runs on the calling
+    thread, so this covers all of a shadow run's work; elsewhere it does nothing."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError) as exc:
+        logger.info("shadow thread keeps its priority: %s", exc)
 
 
 class ShadowScorer:
@@ -60,6 +73,7 @@ class ShadowScorer:
         return True
 
     def _run(self) -> None:
+        lower_priority()
         while (job := self.queue.get()) is not None:
             left = job.queued_at + self.max_age_s - time.monotonic()
             if left <= 0 or not self.idle.wait(left):  # too old, or the worker stayed busy

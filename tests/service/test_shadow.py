@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -131,5 +134,9 @@ def test_shadow_work_is_bounded_and_skipped_work_is_counted(
         for i in range(5)
     ]
     assert accepted.count(False) >= 3  # one waiting in the thread, one in the queue at most
+    if sys.platform == "linux":  # the shadow thread yields the cores to live requests
+        thread = predictor.shadow._thread
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id or 0) == 19
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19
     predictor.idle.set()
     asyncio.run(predictor.close())
