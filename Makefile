@@ -34,6 +34,9 @@ demo: env
 	$(TUNESERVE) train --config $(DEMO_CONFIG) --method both --run-id $(RUN_ID) --overwrite
 	$(TUNESERVE) export --from artifacts/train/$(RUN_ID)-head --overwrite
 	$(TUNESERVE) export --from artifacts/train/$(RUN_ID)-lora --overwrite
+	# a short open-loop load test of both variants behind a loose SLO (Locust on the same cores)
+	$(TUNESERVE) loadtest --serve $(SERVING_CONFIG) --host http://127.0.0.1:$(PORT) \
+		--open-loop --rate 40 --duration 20s --slo p99=250ms,fail=1%
 	# a fresh experiment: the demo's store starts empty
 	rm -f artifacts/serving/experiment.sqlite artifacts/serving/experiment.sqlite-*
 	$(TUNESERVE) serve --config $(SERVING_CONFIG) --port $(PORT) --try 872 --texts $(SST2)/test.tsv

@@ -126,10 +126,31 @@ def _loadtest(args: argparse.Namespace) -> int:
     }  # fmt: skip
     cfg = validate_config(LoadTestConfig, options, "load test options")
     command = ["tuneserve", *args.argv]
-    return run_loadtest(
-        cfg, args.slo, command, find_max=args.find_max, max_rate=args.max_rate,
-        precision=args.find_max_precision,
+    if not args.serve:
+        return run_loadtest(
+            cfg, args.slo, command, find_max=args.find_max, max_rate=args.max_rate,
+            precision=args.find_max_precision,
+        )  # fmt: skip
+    import subprocess
+    from urllib.parse import urlsplit
+
+    from service.launch import stop_process, wait_ready
+
+    # the service runs in its own process (`tuneserve serve`), as it would in production
+    url = urlsplit(args.host)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tuneserve.cli", "serve", "--config", args.serve,
+         "--host", url.hostname or "127.0.0.1", "--port", str(url.port or 80)],
+        start_new_session=True,
     )  # fmt: skip
+    try:
+        wait_ready(args.host, server)
+        return run_loadtest(
+            cfg, args.slo, command, find_max=args.find_max, max_rate=args.max_rate,
+            precision=args.find_max_precision,
+        )  # fmt: skip
+    finally:
+        stop_process(server)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -281,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--seed", type=int, default=0, help="seed of arrivals and text draws")
     load.add_argument("--out", default="artifacts/loadtest", help="reports go to OUT/RUN_ID/")
     load.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
+    load.add_argument(
+        "--serve",
+        metavar="CONFIG",
+        help="start `tuneserve serve --config CONFIG` on --host first, stop it afterwards",
+    )
     load.set_defaults(handler=_loadtest)
     return parser
 

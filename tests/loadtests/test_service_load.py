@@ -64,3 +64,22 @@ def test_loose_slo_passes_and_impossible_slo_fails(
     broken = next(line for line in out.splitlines() if line.startswith("SLO broken: "))
     assert "> 0.1ms (all)" in broken and "> 0.1ms (tuned)" in broken
     assert "failures" not in broken  # only the latency bound broke
+
+
+def test_serve_option_starts_the_service_and_stops_it(
+    tmp_path: Path, tiny_exports: dict[str, Path], traffic_tsv: Path
+) -> None:
+    from tests.service.conftest import free_port, write_serving_config
+
+    variants = {"baseline": tiny_exports["head"], "tuned": tiny_exports["lora"]}
+    config = write_serving_config(tmp_path / "serving.toml", variants, "baseline", workers=1)
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = ["loadtest", "--serve", str(config), "--host", url, "--texts", str(traffic_tsv),
+            "--out", str(tmp_path), "--run-id", "served", "--open-loop", "--rate", "20",
+            "--duration", "3s", "--warmup", "1s", "--slo", "fail=1%"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "served" / "report.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["all"]["requests"] >= 40 and rows["all"]["failures"] == 0
+    with pytest.raises(httpx.HTTPError):  # the service it started is gone
+        httpx.get(f"{url}/livez", timeout=2)
