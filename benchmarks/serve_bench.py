@@ -93,6 +93,14 @@ def start_peer(export: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
 
+def sst2_texts(work: Path) -> tuple[list[str], Path]:
+    """The SST-2 test sentences, and a JSON file of them in ``work`` for the locustfile."""
+    sentences = [line.split("\t")[0] for line in SST2_TEST.read_text().splitlines()[1:] if line]
+    texts = work / "texts.json"
+    texts.write_text(json.dumps(sentences))
+    return sentences, texts
+
+
 def run_locust(
     url: str, users: int, rate: float, seconds: float, warmup_s: float, texts: Path, work: Path,
     open_loop: bool = False,
@@ -289,9 +297,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    sentences = [line.split("\t")[0] for line in SST2_TEST.read_text().splitlines()[1:] if line]
-    texts = work / "texts.json"
-    texts.write_text(json.dumps(sentences))
+    sentences, texts = sst2_texts(work)
 
     print("in-process ONNX Runtime ...", flush=True)
     inproc = in_process(args.export, sentences, args.seconds)

@@ -27,7 +27,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.serve_bench import SST2_TEST, free_port, run_locust, start_tuneserve  # noqa: E402
+from benchmarks.serve_bench import free_port, run_locust, sst2_texts, start_tuneserve  # noqa: E402
 from service.launch import stop_process, wait_ready  # noqa: E402
 from tuneserve.machine import describe_machine  # noqa: E402
 
@@ -83,9 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="shadow-bench-"))
-    sentences = [line.split("\t")[0] for line in SST2_TEST.read_text().splitlines()[1:] if line]
-    texts = work / "texts.json"
-    texts.write_text(json.dumps(sentences))
+    _, texts = sst2_texts(work)
     runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     for round_ in range(args.rounds):
         for name, share in (("off", 0.0), ("on", 1.0)):
