@@ -70,13 +70,21 @@ def _ab_report(args: argparse.Namespace) -> int:
     import json
 
     from service.config import config_path, load_serving_config
-    from service.dialect import is_url
+    from service.dialect import connect, is_url, redact
     from service.report import build_report, format_report
     from service.store import Store
 
     settings = load_serving_config(Path(args.config) if args.config else config_path())
     db: Path | str = args.db or settings.store.location()
-    if not is_url(db):
+    if is_url(db):
+        conn = connect(db, settings.store.busy_timeout_ms, durable=True)
+        try:  # a report reads a store; it does not create one in an empty database
+            exists = conn.table_exists("schema_version")
+        finally:
+            conn.close()
+        if not exists:
+            raise TuneserveError(f"no experiment store at {redact(db)}: pass --db or serve first")
+    else:
         db = Path(db)
         if not db.is_file():
             raise TuneserveError(f"no experiment store at {db}: pass --db or serve first")

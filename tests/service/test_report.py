@@ -106,6 +106,17 @@ def test_cli_prints_the_report(
     assert [v["labelled"] for v in report["variants"]] == [300, 300] and report["comparisons"]
     assert main(["ab-report", "--db", str(tmp_path / "none.sqlite"), "--config", str(config)]) == 1
     assert "no experiment store" in capsys.readouterr().err
+    empty = new_store()  # a fresh location: no store there yet, and the report makes none
+    assert main(["ab-report", "--db", str(empty), "--config", str(config)]) == 1
+    assert "no experiment store at" in capsys.readouterr().err
+    if isinstance(empty, str):
+        from service.dialect import connect
+
+        conn = connect(empty, 1000, durable=True)
+        assert not conn.table_exists("schema_version")
+        conn.close()
+    else:
+        assert not empty.exists()
     unreachable = f"postgresql://u:pw-s3cret@127.0.0.1:{free_port()}/x"
     assert main(["ab-report", "--db", unreachable, "--config", str(config)]) == 1
     err = capsys.readouterr().err
