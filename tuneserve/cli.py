@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tuneserve import __version__
@@ -134,29 +135,31 @@ def _loadtest(args: argparse.Namespace) -> int:
     }  # fmt: skip
     cfg = validate_config(LoadTestConfig, options, "load test options")
     command = ["tuneserve", *args.argv]
-    if not args.serve:
+    with _served(args.serve, args.host) if args.serve else contextlib.nullcontext():
         return run_loadtest(
             cfg, args.slo, command, find_max=args.find_max, max_rate=args.max_rate,
             precision=args.find_max_precision,
         )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _served(config: str, host: str) -> Iterator[None]:
+    """`tuneserve serve --config CONFIG` on ``host``'s address, in its own process (as it would
+    run in production), ready inside the block and stopped after it."""
     import subprocess
     from urllib.parse import urlsplit
 
     from service.launch import stop_process, wait_ready
 
-    # the service runs in its own process (`tuneserve serve`), as it would in production
-    url = urlsplit(args.host)
+    url = urlsplit(host)
     server = subprocess.Popen(
-        [sys.executable, "-m", "tuneserve.cli", "serve", "--config", args.serve,
+        [sys.executable, "-m", "tuneserve.cli", "serve", "--config", config,
          "--host", url.hostname or "127.0.0.1", "--port", str(url.port or 80)],
         start_new_session=True,
     )  # fmt: skip
     try:
-        wait_ready(args.host, server)
-        return run_loadtest(
-            cfg, args.slo, command, find_max=args.find_max, max_rate=args.max_rate,
-            precision=args.find_max_precision,
-        )  # fmt: skip
+        wait_ready(host, server)
+        yield
     finally:
         stop_process(server)
 
