@@ -29,6 +29,27 @@ class QuantizationConfig(StrictConfig):
         description="when the INT8 gate fails: fail, or retry with the feed-forward output "
         "projections kept in fp32 and record it",
     )
+    smoothing: Literal["auto", "off"] = Field(
+        "auto",
+        description="SmoothQuant-style migration of activation outliers into the weights before "
+        "dynamic INT8, its strength chosen per node on calibration texts",
+    )
+    calibration_examples: PositiveInt = Field(
+        256, description="the longest dev texts used to choose the smoothing (no labels used)"
+    )
+    blockwise: Literal["ffn_output", "all", "none"] = Field(
+        "ffn_output",
+        description="MatMuls quantised block-wise (8-bit MatMulNBits, activations per row and "
+        "block) instead of per tensor: the feed-forward output projections, every MatMul, or none",
+    )
+    block_size: Literal[32, 64, 128, 256] = Field(
+        128, description="block length along K for the block-wise MatMuls"
+    )
+    embeddings: Literal["per_row", "per_tensor"] = Field(
+        "per_row",
+        description="embedding tables int8 with one scale per row, or ONNX Runtime's one scale "
+        "per table",
+    )
 
 
 class GateConfig(StrictConfig):

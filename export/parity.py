@@ -76,6 +76,8 @@ def quantized_gate(
         "fp32_accuracy": fp32_acc,
         "quantized_accuracy": q_acc,
         "accuracy_drop": drop,
+        # a finer fidelity figure than agreement: how far the logits moved, in logit units
+        "logit_rms_diff": float(np.sqrt(np.mean((q_logits - fp32_logits) ** 2))),
         "min_agreement": min_agreement,
         "max_accuracy_drop": max_drop,
         "passed": not failures,

@@ -15,15 +15,18 @@ from export.config import ExportConfig, Profile
 from export.model import load_merged, save_merged
 from export.onnx_graph import LOGITS, append_head, export_encoder
 from export.optimize import (
+    blockwise_nodes,
     detect_isa,
+    dynamic_nodes,
     ffn_output_nodes,
     integer_op_counts,
     optimize_graph,
     quantize_int8,
 )
 from export.parity import fp32_parity, quantized_gate
+from export.smoothing import smooth
 from tuneserve.errors import ManifestError, ParityError
-from tuneserve.inference import load_tokenizer, make_session, session_logits
+from tuneserve.inference import encode_batch, load_tokenizer, make_session, session_logits
 from tuneserve.manifest import (
     Manifest,
     build_manifest,
@@ -276,20 +279,55 @@ def _quantize(
     q = cfg.quantization
     isa = detect_isa() if q.isa == "auto" else q.isa
     target = out / "onnx" / "model.int8.onnx"
+    blockwise = blockwise_nodes(fp32, q.blockwise)
+    source, smoothing = fp32, {"mode": q.smoothing}
+    if q.smoothing == "auto":
+        source = out / "onnx" / "model.smoothed.onnx"
+        calibration = sorted(texts, key=len, reverse=True)[: q.calibration_examples]
+        smoothing |= {
+            "calibration_examples": len(calibration),
+            "nodes": smooth(
+                fp32,
+                source,
+                dynamic_nodes(fp32, blockwise),
+                lambda session, outputs: [
+                    session.run(
+                        outputs, encode_batch(tokenizer, [t], _input_names(session), pad_id)
+                    )
+                    for t in calibration
+                ],
+            ),
+        }
     attempts: list[dict[str, Any]] = []
     excluded: list[str] = []
-    while True:
-        settings = quantize_int8(fp32, target, isa, q.per_channel, excluded)
-        gate = _gate_against_fp32(target, "cpu", cfg, tokenizer, pad_id, fp32_logits, texts, labels)
-        attempts.append({"nodes_kept_fp32": len(excluded), **gate})
-        if gate["passed"] or excluded or q.on_gate_failure == "fail":
-            break
-        excluded = ffn_output_nodes(fp32)
-        log.warning(
-            "INT8 gate failed (%s): retrying with %d feed-forward output projections in fp32",
-            "; ".join(gate["failures"]),
-            len(excluded),
-        )
+    try:
+        while True:
+            settings = quantize_int8(
+                source,
+                target,
+                isa,
+                q.per_channel,
+                excluded,
+                blockwise=[n for n in blockwise if n not in excluded],
+                block_size=q.block_size,
+                embeddings=q.embeddings,
+            )
+            gate = _gate_against_fp32(
+                target, "cpu", cfg, tokenizer, pad_id, fp32_logits, texts, labels
+            )
+            attempts.append({"nodes_kept_fp32": len(excluded), **gate})
+            if gate["passed"] or excluded or q.on_gate_failure == "fail":
+                break
+            excluded = ffn_output_nodes(fp32)
+            log.warning(
+                "INT8 gate failed (%s): retrying with %d feed-forward output projections in fp32",
+                "; ".join(gate["failures"]),
+                len(excluded),
+            )
+    finally:
+        if source != fp32:
+            source.unlink(missing_ok=True)
+    settings["smoothing"] = smoothing
     parity["quantized_vs_fp32"] = gate
     parity["quantization_attempts"] = attempts
     settings["fallback_used"] = bool(excluded)
@@ -349,6 +387,10 @@ def _gate_against_fp32(
     return quantized_gate(
         fp32_logits, logits, labels, cfg.gates.min_agreement, cfg.gates.max_accuracy_drop
     )
+
+
+def _input_names(session: Any) -> list[str]:
+    return [i.name for i in session.get_inputs()]
 
 
 def _write(path: Path, payload: Any) -> None:

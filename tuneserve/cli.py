@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--sentences",
         type=int,
-        default=300,
+        default=600,
         help="test sentences timed at batch 1 (accuracy uses the whole split)",
     )
     bench.add_argument("--out", help="output directory (default: artifacts/bench-model/RUN_ID)")

@@ -4,6 +4,7 @@ import errno
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -155,9 +156,9 @@ def _damage_unless_excluded(monkeypatch: pytest.MonkeyPatch) -> None:
     real = export.run.quantize_int8
 
     def damaged(
-        source: Path, target: Path, isa: str, per_channel: bool, exclude: list[str]
+        source: Path, target: Path, isa: str, per_channel: bool, exclude: list[str], **kw: Any
     ) -> dict:
-        settings = real(source, target, isa, per_channel, exclude)
+        settings = real(source, target, isa, per_channel, exclude, **kw)
         if not exclude:
             negate_logits(target, target)
         return settings
