@@ -24,12 +24,12 @@ from tuneserve.machine import describe_machine
 
 VARIANTS: dict[str, list[str]] = {
     "default": [],
-    "no smoothing": ["quantization.smoothing=off"],
+    "no smoothing": ['quantization.smoothing="off"'],
     "no block-wise FFN out": ['quantization.blockwise="none"'],
     "per-tensor embeddings": ['quantization.embeddings="per_tensor"'],
     "block-wise everywhere": ['quantization.blockwise="all"'],
     "plain dynamic INT8 (all off)": [
-        "quantization.smoothing=off",
+        'quantization.smoothing="off"',
         'quantization.blockwise="none"',
         'quantization.embeddings="per_tensor"',
     ],
@@ -50,9 +50,9 @@ def main() -> int:
     for name, overrides in VARIANTS.items():
         if args.only and name not in args.only:
             continue
-        cfg = load_config(ExportConfig, None, [*overrides, 'profile="cpu-int8"'])
-        # the fallback would change what is measured: a variant that fails its gate says so
-        cfg.quantization.on_gate_failure = "fail"
+        # no fallback: it would change what is measured; a variant that fails its gate says so
+        fixed = ['profile="cpu-int8"', 'quantization.on_gate_failure="fail"']
+        cfg = load_config(ExportConfig, None, [*overrides, *fixed])
         run_id = f"{train.name}-int8-" + name.split(" (")[0].replace(" ", "-")
         started = time.perf_counter()
         try:

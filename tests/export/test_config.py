@@ -20,6 +20,9 @@ from tuneserve.errors import ConfigError
         ("profile=tpu", "profile: Input should be 'auto', 'cpu-int8', 'cpu-fp32' or 'gpu-fp16'"),
         ("quantization.isa=sse", "quantization.isa: Input should be"),
         ("policy.batch_size=0", "batch_size must be positive, got 0"),
+        ("quantization.block_size=100", "quantization.block_size: Input should be 32, 64, 128"),
+        ("quantization.blockwise=ffn", "quantization.blockwise: Input should be 'ffn_output'"),
+        ("quantization.calibration_examples=0", "calibration_examples must be positive"),
         ("gates.atol=1", "gates.atol: unknown key"),
     ],
 )
@@ -32,3 +35,10 @@ def test_defaults() -> None:
     cfg = ExportConfig()
     assert cfg.profile == "auto" and cfg.opset == 17
     assert cfg.gates.min_agreement == 0.97 and cfg.gates.max_accuracy_drop == 0.005
+    q = cfg.quantization
+    assert (q.smoothing, q.blockwise, q.block_size, q.embeddings) == (
+        "auto",
+        "ffn_output",
+        128,
+        "per_row",
+    )

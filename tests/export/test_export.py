@@ -121,6 +121,12 @@ def test_fp32_onnx_matches_pytorch_from_files(exports: dict[str, Path]) -> None:
 def test_int8_graph_has_integer_matmuls(exports: dict[str, Path]) -> None:
     counts = integer_op_counts(exports["lora"] / "onnx" / "model.int8.onnx")
     assert counts.get("MatMulInteger", 0) + counts.get("DynamicQuantizeMatMul", 0) > 0
+    # the two feed-forward output projections are block-wise; the choices are recorded
+    assert counts.get("MatMulNBits") == 2
+    quant = read_manifest(exports["lora"]).details["quantization"]
+    assert len(quant["blockwise_nodes"]) == 2 and quant["embeddings"] == "per_row"
+    assert quant["smoothing"]["mode"] == "auto"
+    assert set(quant["smoothing"]["nodes"]).isdisjoint(quant["blockwise_nodes"])
     assert integer_op_counts(exports["lora"] / "onnx" / "model.fp32.onnx") == {}
 
 
