@@ -42,6 +42,12 @@ class QuantizationConfig(StrictConfig):
         description="MatMuls quantised block-wise (8-bit MatMulNBits, activations per row and "
         "block) instead of per tensor: the feed-forward output projections, every MatMul, or none",
     )
+    blockwise_share: ClosedUnit = Field(
+        0.9,
+        description="of those, block-wise only the most sensitive (each measured alone under "
+        "per-tensor INT8 on the calibration texts), enough to cover this share of their logit "
+        "error; 1 = all of them",
+    )
     block_size: Literal[32, 64, 128, 256] = Field(
         128, description="block length along K for the block-wise MatMuls"
     )

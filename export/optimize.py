@@ -94,6 +94,61 @@ def blockwise_nodes(model_path: Path, which: str) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits]
 
 
+def node_sensitivity(
+    source: Path, nodes: list[str], logit_error: Any, per_channel: bool = True
+) -> dict[str, float]:
+    """Each node's own cost under per-tensor dynamic INT8: quantise it alone, measure the logits.
+
+    ``logit_error(model_path)`` returns the mean squared logit difference from fp32 on the
+    calibration texts. Used to give the block-wise treatment only to the nodes that need it.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inferred_path = source.with_name(source.stem + ".shapes.onnx")
+    single = source.with_name(source.stem + ".single.onnx")
+    inferred = SymbolicShapeInference.infer_shapes(onnx.load(str(source)), auto_merge=True)
+    if inferred is None:
+        raise ModelError(f"symbolic shape inference failed on {source.name}")
+    onnx.save(inferred, str(inferred_path))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    errors = {}
+    try:
+        for node in nodes:
+            quantize_dynamic(
+                str(inferred_path),
+                str(single),
+                per_channel=per_channel,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul"],
+                nodes_to_quantize=[node],
+                extra_options={"MatMulConstBOnly": True},
+            )
+            errors[node] = float(logit_error(single))
+    finally:
+        root.setLevel(level)
+        inferred_path.unlink(missing_ok=True)
+        single.unlink(missing_ok=True)
+    return errors
+
+
+def most_sensitive(errors: dict[str, float], share: float) -> list[str]:
+    """The fewest nodes, largest error first, whose errors add up to ``share`` of the total."""
+    ranked = sorted(errors, key=lambda n: errors[n], reverse=True)
+    total = sum(errors.values())
+    chosen: list[str] = []
+    covered = 0.0
+    for node in ranked:
+        if chosen and covered >= share * total:
+            break
+        chosen.append(node)
+        covered += errors[node]
+    return chosen
+
+
 def dynamic_nodes(model_path: Path, exclude: list[str]) -> list[str]:
     """The MatMul and Attention nodes that dynamic INT8 will quantise (per-tensor activations)."""
     import onnx

@@ -20,6 +20,8 @@ from export.optimize import (
     dynamic_nodes,
     ffn_output_nodes,
     integer_op_counts,
+    most_sensitive,
+    node_sensitivity,
     optimize_graph,
     quantize_int8,
 )
@@ -279,11 +281,28 @@ def _quantize(
     q = cfg.quantization
     isa = detect_isa() if q.isa == "auto" else q.isa
     target = out / "onnx" / "model.int8.onnx"
+    calibration = sorted(texts, key=len, reverse=True)[: q.calibration_examples]
     blockwise = blockwise_nodes(fp32, q.blockwise)
+    sensitivity: dict[str, float] = {}
+    if q.blockwise_share < 1 and len(blockwise) > 1:
+        probe = calibration[:: max(1, len(calibration) // 64)]
+        reference = session_logits(make_session(fp32), tokenizer, probe, 1, pad_id)
+
+        def logit_error(model: Path) -> float:
+            logits = session_logits(make_session(model), tokenizer, probe, 1, pad_id)
+            return float(np.mean((logits - reference) ** 2))
+
+        sensitivity = node_sensitivity(fp32, blockwise, logit_error, q.per_channel)
+        blockwise = most_sensitive(sensitivity, q.blockwise_share)
+        log.info(
+            "block-wise INT8 for %d of %d candidates: %s",
+            len(blockwise),
+            len(sensitivity),
+            blockwise,
+        )
     source, smoothing = fp32, {"mode": q.smoothing}
     if q.smoothing == "auto":
         source = out / "onnx" / "model.smoothed.onnx"
-        calibration = sorted(texts, key=len, reverse=True)[: q.calibration_examples]
         smoothing |= {
             "calibration_examples": len(calibration),
             "nodes": smooth(
@@ -328,6 +347,7 @@ def _quantize(
         if source != fp32:
             source.unlink(missing_ok=True)
     settings["smoothing"] = smoothing
+    settings["blockwise_sensitivity"] = sensitivity
     parity["quantized_vs_fp32"] = gate
     parity["quantization_attempts"] = attempts
     settings["fallback_used"] = bool(excluded)

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from export.optimize import (
     blockwise_int8,
     integer_op_counts,
+    most_sensitive,
     quantize_blocks,
     quantize_int8,
     row_int8_embeddings,
@@ -179,3 +180,11 @@ def test_blocks_match_onnxruntimes_own_packing() -> None:
     restored = (packed.astype(np.float32) - 128) * scales[..., None]
     their_restored = (theirs.astype(np.float32) - 128) * their_scales[..., None]
     assert np.allclose(restored, their_restored, atol=np.abs(scales).max())
+
+
+def test_most_sensitive_covers_the_share_with_the_fewest_nodes() -> None:
+    errors = {"a": 0.5, "b": 3.0, "c": 1.0, "d": 0.1}  # total 4.6
+    assert most_sensitive(errors, 0.6) == ["b"]  # 3.0 >= 2.76
+    assert most_sensitive(errors, 0.8) == ["b", "c"]  # 4.0 >= 3.68
+    assert most_sensitive(errors, 1.0) == ["b", "c", "a", "d"]
+    assert most_sensitive(errors, 0.0) == ["b"]  # at least one

@@ -43,8 +43,15 @@ def test_minilm_service_matches_offline_predictions(
     agreement = float(np.mean(got.argmax(1) == expected.argmax(1)))
     if mode == "off":  # each request alone, as offline at batch 1: the same numbers
         np.testing.assert_allclose(got, expected, atol=1e-6)
-    else:  # dynamic INT8 shifts a little with batch composition
-        assert agreement >= 0.97
+    else:
+        # Dynamic INT8 shifts a little with batch composition, so predictions on near-ties may
+        # flip: this 1-epoch model has 13 of these 120 sentences within 0.2 logits of the
+        # boundary, and 20 random batchings offline gave 95-99% agreement. Each caller still
+        # gets its own answer: the largest probability shift offline was 0.05, while answers
+        # mixed up between callers would differ by up to 0.9. The 97% target is measured on
+        # the real models by `tuneserve bench-model` (batch-32 agreement with batch 1).
+        np.testing.assert_allclose(got, expected, atol=0.15)
+        assert agreement >= 0.9
     accuracy = float(np.mean(got.argmax(1) == np.array(labels)))
     # a 1-epoch model on 1,200 sentences: well above chance, far from the full run's 0.89
     assert accuracy >= 0.7, f"served accuracy {accuracy} on SST-2 test"
