@@ -27,7 +27,7 @@ VARIANTS: dict[str, list[str]] = {
     "no smoothing": ['quantization.smoothing="off"'],
     "no block-wise FFN out": ['quantization.blockwise="none"'],
     "per-tensor embeddings": ['quantization.embeddings="per_tensor"'],
-    "block-wise everywhere": ['quantization.blockwise="all"'],
+    "any MatMul may be block-wise": ['quantization.blockwise="all"'],
     "plain dynamic INT8 (all off)": [
         'quantization.smoothing="off"',
         'quantization.blockwise="none"',
