@@ -281,6 +281,15 @@ def _quantize(
     q = cfg.quantization
     isa = detect_isa() if q.isa == "auto" else q.isa
     target = out / "onnx" / "model.int8.onnx"
+    width = cfg.gates.max_accuracy_drop * len(texts)
+    if width < 5:
+        log.warning(
+            "the %.1f-point accuracy gate is %.1f of %d dev sentences wide: near it, chance "
+            "decides (gate on more dev sentences: data.max_dev_examples at training)",
+            100 * cfg.gates.max_accuracy_drop,
+            width,
+            len(texts),
+        )
     calibration = sorted(texts, key=len, reverse=True)[: q.calibration_examples]
     blockwise = blockwise_nodes(fp32, q.blockwise)
     sensitivity: dict[str, float] = {}
@@ -357,9 +366,13 @@ def _quantize(
         raise ParityError(
             f"INT8 model fails its gate on {gate['examples']} dev examples: "
             + "; ".join(gate["failures"])
-            + (" (also with the feed-forward output projections in fp32)" if excluded else "")
-            + ": set quantization.on_gate_failure = 'fp32_ffn_output', or use --profile "
-            "cpu-fp32"
+            + (
+                " (also with the feed-forward output projections in fp32): use --profile "
+                "cpu-fp32, or gate on more dev sentences"
+                if excluded
+                else ": set quantization.on_gate_failure = 'fp32_ffn_output', or use --profile "
+                "cpu-fp32"
+            )
         )
     return {
         "serving_model": "onnx/model.int8.onnx",

@@ -10,6 +10,8 @@ from tests.conftest import SHARED_DATA
 from tests.service.conftest import start_server  # noqa: F401  (real `bentoml serve` servers)
 from tuneserve.cli import main
 
+MAX_DROP = 0.02
+
 
 @pytest.fixture(scope="session")
 def minilm_lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -47,6 +49,20 @@ def minilm_lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def minilm_int8_export(minilm_lora_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The cpu-int8 export of the MiniLM LoRA run, through the CLI."""
     root = tmp_path_factory.mktemp("minilm-export")
-    code = main(["export", "--from", str(minilm_lora_run), "--set", f'output_root="{root}"'])
+    # A 1-epoch model on 1,200 sentences has many near-ties, and on its 300 dev sentences the
+    # half-point accuracy bound is 1.5 sentences: the gate would test luck, not the export. So
+    # the accuracy bound is widened to 2 points here (agreement keeps its 97% bound); the
+    # half-point gate is measured on the fully trained models (BENCHMARKS.md).
+    code = main(
+        [
+            "export",
+            "--from",
+            str(minilm_lora_run),
+            "--set",
+            f'output_root="{root}"',
+            "--set",
+            f"gates.max_accuracy_drop={MAX_DROP}",
+        ]
+    )
     assert code == 0
     return root / "export" / "it-lora-cpu-int8"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.integration.conftest import MAX_DROP
 from tuneserve.inference import load_tokenizer, make_session, session_logits
 from tuneserve.manifest import read_manifest
 
@@ -21,7 +22,7 @@ def test_export_passes_gates_and_recomputes(
     manifest = read_manifest(run, stage="export")
     d, m = manifest.details, manifest.metrics
     assert m["onnx_max_abs_diff"] <= 1e-4
-    assert m["dev_agreement"] >= 0.97 and m["dev_accuracy_drop"] <= 0.005
+    assert m["dev_agreement"] >= 0.97 and m["dev_accuracy_drop"] <= MAX_DROP
     assert sum(d["integer_operators"].values()) > 0
     assert d["fused_operators"].get("Attention", 0) == 6  # one fused attention per layer
     # recompute the serving model's dev accuracy from the files alone, as the service would
