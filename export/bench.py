@@ -21,6 +21,7 @@ from tuneserve.manifest import Manifest, read_manifest
 
 log = logging.getLogger(__name__)
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
+ROUNDS = 5  # interleaved timing rounds
 
 
 def _train_run(manifest: Manifest) -> Path:
@@ -63,7 +64,7 @@ def measure(
     labels: list[int],
     timed: int,
     pad_id: int,
-    rounds: int = 5,
+    rounds: int = ROUNDS,
 ) -> dict[str, dict[str, Any]]:
     """Accuracy (batch 1), batch-1 latency percentiles, batch-32 throughput (pad to longest).
 
@@ -171,7 +172,8 @@ def run_bench(export_dir: Path, sentences: int = 600, out: str | None = None) ->
         "profile": details["profile"],
         "test_examples": len(texts),
         "timed_sentences": min(sentences, len(texts)),
-        "timing": "interleaved: 5 rounds, each model timed on its own slice of the sentences",
+        "timing": f"interleaved: {ROUNDS} rounds, each model timed on its own slice of the "
+        "sentences",
         "threads": {"torch": torch.get_num_threads(), "onnxruntime_intra_op": os.cpu_count()},
         "machine": describe_machine(),
         "models": results,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,30 @@ EMBEDDING_OPS = ("EmbedLayerNormalization", "Gather")
 _MIN_TABLE = 1 << 16
 # Feed-forward output projections, per naming style, as Optimum names the exported nodes.
 _FFN_OUTPUT = re.compile(r"(layer\.\d+/output/dense/MatMul|ffn/lin2/MatMul)")
+
+
+def _infer_shapes(source: Path, target: Path) -> None:
+    """Symbolic shape inference of ``source`` into ``target`` (the quantiser needs it on fused
+    graphs)."""
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inferred = SymbolicShapeInference.infer_shapes(onnx.load(str(source)), auto_merge=True)
+    if inferred is None:
+        raise ModelError(f"symbolic shape inference failed on {source.name}")
+    onnx.save(inferred, str(target))
+
+
+@contextlib.contextmanager
+def _quiet_quantiser() -> Iterator[None]:
+    """ONNX Runtime's quantiser logs every tensor at INFO on the root logger: silence it."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def detect_isa() -> str:
@@ -95,41 +121,36 @@ def blockwise_nodes(model_path: Path, which: str) -> list[str]:
 
 
 def node_sensitivity(
-    source: Path, nodes: list[str], logit_error: Any, per_channel: bool = True
+    source: Path,
+    nodes: list[str],
+    logit_error: Callable[[Path], float],
+    per_channel: bool = True,
 ) -> dict[str, float]:
     """Each node's own cost under per-tensor dynamic INT8: quantise it alone, measure the logits.
 
     ``logit_error(model_path)`` returns the mean squared logit difference from fp32 on the
     calibration texts. Used to give the block-wise treatment only to the nodes that need it.
     """
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     inferred_path = source.with_name(source.stem + ".shapes.onnx")
     single = source.with_name(source.stem + ".single.onnx")
-    inferred = SymbolicShapeInference.infer_shapes(onnx.load(str(source)), auto_merge=True)
-    if inferred is None:
-        raise ModelError(f"symbolic shape inference failed on {source.name}")
-    onnx.save(inferred, str(inferred_path))
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
     errors = {}
     try:
+        _infer_shapes(source, inferred_path)
         for node in nodes:
-            quantize_dynamic(
-                str(inferred_path),
-                str(single),
-                per_channel=per_channel,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul"],
-                nodes_to_quantize=[node],
-                extra_options={"MatMulConstBOnly": True},
-            )
+            with _quiet_quantiser():
+                quantize_dynamic(
+                    str(inferred_path),
+                    str(single),
+                    per_channel=per_channel,
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["MatMul"],
+                    nodes_to_quantize=[node],
+                    extra_options={"MatMulConstBOnly": True},
+                )
             errors[node] = float(logit_error(single))
     finally:
-        root.setLevel(level)
         inferred_path.unlink(missing_ok=True)
         single.unlink(missing_ok=True)
     return errors
@@ -181,17 +202,11 @@ def quantize_int8(
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     blockwise = blockwise or []
     op_types = [
         op for op in OPS_TO_QUANTIZE if embeddings == "per_tensor" or op not in EMBEDDING_OPS
     ]
-    inferred_path = target.with_name(target.stem + ".shapes.onnx")
-    inferred = SymbolicShapeInference.infer_shapes(onnx.load(str(source)), auto_merge=True)
-    if inferred is None:
-        raise ModelError(f"symbolic shape inference failed on {source.name}")
-    onnx.save(inferred, str(inferred_path))
     settings = {
         "isa": isa,
         "per_channel": per_channel,
@@ -204,22 +219,21 @@ def quantize_int8(
         "embeddings": embeddings,
         **ISA_PRESETS[isa],
     }
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantiser logs every tensor at INFO on the root logger
+    inferred_path = target.with_name(target.stem + ".shapes.onnx")
     try:
-        quantize_dynamic(
-            str(inferred_path),
-            str(target),
-            per_channel=per_channel,
-            reduce_range=ISA_PRESETS[isa]["reduce_range"],
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=op_types,
-            nodes_to_exclude=exclude + blockwise,
-            extra_options={"MatMulConstBOnly": True},
-        )
+        _infer_shapes(source, inferred_path)
+        with _quiet_quantiser():
+            quantize_dynamic(
+                str(inferred_path),
+                str(target),
+                per_channel=per_channel,
+                reduce_range=ISA_PRESETS[isa]["reduce_range"],
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=op_types,
+                nodes_to_exclude=exclude + blockwise,
+                extra_options={"MatMulConstBOnly": True},
+            )
     finally:
-        root.setLevel(level)
         inferred_path.unlink(missing_ok=True)
     if blockwise or embeddings == "per_row":
         model = onnx.load(str(target))

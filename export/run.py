@@ -318,12 +318,9 @@ def _quantize(
                 fp32,
                 source,
                 dynamic_nodes(fp32, blockwise),
-                lambda session, outputs: [
-                    session.run(
-                        outputs, encode_batch(tokenizer, [t], _input_names(session), pad_id)
-                    )
-                    for t in calibration
-                ],
+                lambda session, outputs: _run_each(
+                    session, outputs, tokenizer, calibration, pad_id
+                ),
             ),
         }
     attempts: list[dict[str, Any]] = []
@@ -422,8 +419,12 @@ def _gate_against_fp32(
     )
 
 
-def _input_names(session: Any) -> list[str]:
-    return [i.name for i in session.get_inputs()]
+def _run_each(
+    session: Any, outputs: list[str], tokenizer: Any, texts: list[str], pad_id: int
+) -> list[list[np.ndarray]]:
+    """The named outputs for each text run alone (batch 1, as the CPU service runs)."""
+    names = [i.name for i in session.get_inputs()]
+    return [session.run(outputs, encode_batch(tokenizer, [t], names, pad_id)) for t in texts]
 
 
 def _write(path: Path, payload: Any) -> None:
