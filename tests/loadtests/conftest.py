@@ -3,6 +3,7 @@ and Prometheus (a real server from the Debian package, on a free port)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ class FakeServer:
     def __init__(self, before_answer: Callable[[], None] = lambda: None) -> None:
         self.before_answer = before_answer
         self.paused = threading.Lock()
+        self.served = itertools.count()  # next() on a count is atomic under the GIL
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,7 +53,10 @@ class FakeServer:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.before_answer()
-                variant = "a" if int(body["user_id"].split("-")[1]) % 2 else "b"
+                int(body["user_id"].split("-")[1])  # the locustfile's sticky id, user-N
+                # alternate per request: a run of two or more requests sees both variants (by
+                # user-id parity, a run whose few users drew ids of one parity saw only one)
+                variant = "ab"[next(fake.served) % 2]
                 self._answer({"prediction_id": "p", "variant": variant}, variant)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
