@@ -90,13 +90,17 @@ class Guardrails:
 
 
 def arm_checkpoints(
-    labelled: Iterable[tuple[str, float, bool, float]], control: str, challenger: str
+    outcomes: Iterable[tuple[str, bool]],
+    control: str,
+    challenger: str,
+    start: tuple[int, int, int, int] = (0, 0, 0, 0),
 ) -> list[tuple[int, int, int, int]]:
     """Cumulative ``(successes_control, n_control, successes_challenger, n_challenger)`` after
-    each labelled prediction of either arm, oldest first (the always-valid test's path)."""
-    s_a = n_a = s_b = n_b = 0
+    each ``(variant, correct)`` outcome of either arm, in the order given (the always-valid
+    test's path); ``start``: the counts before the first, to continue a path read in pieces."""
+    s_a, n_a, s_b, n_b = start
     checkpoints = []
-    for variant, _, correct, _ in labelled:
+    for variant, correct in outcomes:
         if variant == control:
             n_a, s_a = n_a + 1, s_a + int(correct)
         elif variant == challenger:
@@ -107,29 +111,40 @@ def arm_checkpoints(
     return checkpoints
 
 
+def accuracy_trip(
+    challenger: str, counts: tuple[int, int, int, int], p_value: float, alpha: float
+) -> Trip | None:
+    """A trip when the challenger's accuracy is below the control's and the always-valid
+    p-value of the path so far is at most ``alpha``."""
+    s_a, n_a, s_b, n_b = counts
+    if not (n_a and n_b):
+        return None
+    difference = s_b / n_b - s_a / n_a
+    if p_value > alpha or difference >= 0:
+        return None
+    return Trip(challenger, "accuracy", {
+        "difference": difference, "always_valid_p_value": p_value, "alpha": alpha,
+        "labelled": {"control": n_a, "challenger": n_b},
+    })  # fmt: skip
+
+
 def accuracy_trips(
-    labelled: list[tuple[str, float, bool, float]],
+    outcomes: list[tuple[str, bool]],
     control: str,
     challengers: Iterable[str],
     alpha: float,
     tau: float,
 ) -> list[Trip]:
-    """Challengers significantly worse than the control by the always-valid test."""
+    """Challengers significantly worse than the control by the always-valid test, on
+    ``(variant, correct)`` outcomes in the order they became known."""
     trips = []
     for name in challengers:
-        checkpoints = arm_checkpoints(labelled, control, name)
-        if not checkpoints:
-            continue
-        s_a, n_a, s_b, n_b = checkpoints[-1]
-        if not (n_a and n_b):
-            continue
-        p_value = always_valid_p_values(checkpoints, tau)[-1]
-        difference = s_b / n_b - s_a / n_a
-        if p_value <= alpha and difference < 0:
-            trips.append(Trip(name, "accuracy", {
-                "difference": difference, "always_valid_p_value": p_value, "alpha": alpha,
-                "labelled": {"control": n_a, "challenger": n_b},
-            }))  # fmt: skip
+        checkpoints = arm_checkpoints(outcomes, control, name)
+        if checkpoints:
+            p_value = always_valid_p_values(checkpoints, tau)[-1]
+            trip = accuracy_trip(name, checkpoints[-1], p_value, alpha)
+            if trip is not None:
+                trips.append(trip)
     return trips
 
 

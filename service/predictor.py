@@ -25,9 +25,10 @@ from service.errors import (
     OverloadedError,
     PayloadTooLargeError,
 )
-from service.guardrails import Guardrails, Trip, accuracy_trips, enabled_since
+from service.guardrails import Guardrails, Trip, enabled_since
 from service.ids import PredictionIds, load_key
 from service.model import VariantModel
+from service.monitors import AccuracyMonitor, TrafficMonitor
 from service.predlog import PredictionLog
 from service.routing import Assignment, Router
 from service.shadow import ShadowJob, ShadowScorer
@@ -116,6 +117,10 @@ class Predictor:
         self._rng = random.Random()
         challengers = [n for n in settings.variant_names() if n != settings.control.name]
         self.guardrails = Guardrails(settings.guardrails, challengers)
+        self.accuracy = AccuracyMonitor(
+            settings.control.name, settings.guardrails.accuracy_alpha, experiment.msprt_tau
+        )
+        self.traffic = TrafficMonitor()
         self.shadow = ShadowScorer(
             self.log, self.idle, settings.shadow.max_pending, settings.shadow.max_age_ms
         )
@@ -207,21 +212,16 @@ class Predictor:
         guard = settings.guardrails
         history = self.store.history()
         if guard.enabled and guard.accuracy:
-            labelled = self.store.labelled(salt=self.state.salt)
-            for name in self.guardrails.windows:
-                if name in self.state.disabled:
-                    continue
-                since = enabled_since(history, name)  # put back by the admin: judged afresh
-                rows = [row for row in labelled if row[1] >= since]
-                trips = accuracy_trips(
-                    rows, settings.control.name, [name],
-                    guard.accuracy_alpha, settings.experiment.msprt_tau,
-                )  # fmt: skip
-                for trip in trips:
-                    self._trip(trip)
-        since = history[-1][0] if history else 0.0  # the split is judged since the last change
+            since = {  # put back by the admin: judged afresh, on what it answered since
+                name: enabled_since(history, name)
+                for name in self.guardrails.windows
+                if name not in self.state.disabled
+            }
+            for trip in self.accuracy.check(self.store, self.state.salt, since):
+                self._trip(trip)
+        since_change = history[-1][0] if history else 0.0  # the split is judged since then
         srm = sample_ratio_check(
-            self.store.traffic_since(since, self.state.salt), self.router.shares
+            self.traffic.counts(self.store, self.state.salt, since_change), self.router.shares
         )
         metrics.SAMPLE_RATIO_P_VALUE.set(srm.p_value)
         metrics.SAMPLE_RATIO_MISMATCH.set(int(srm.mismatch))

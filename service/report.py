@@ -162,7 +162,7 @@ def _timeline(
     """Per variant, cumulative online accuracy over time: ``[ts, n, accuracy, low, high]``
     (Wilson 95%) at up to TIMELINE_POINTS evenly spaced labelled counts."""
     series: dict[str, list[tuple[float, bool]]] = defaultdict(list)
-    for variant, ts, correct, _ in labelled:
+    for variant, ts, correct, _ in sorted(labelled, key=lambda row: row[1]):  # by time answered
         series[variant].append((ts, correct))
     timeline = {}
     for name in names:
@@ -187,7 +187,7 @@ def _compare(
     power: float,
     tau: float,
 ) -> dict[str, Any]:
-    checkpoints = arm_checkpoints(labelled, control, challenger)
+    checkpoints = arm_checkpoints(((v, ok) for v, _, ok, _ in labelled), control, challenger)
     s_a, n_a, s_b, n_b = checkpoints[-1] if checkpoints else (0, 0, 0, 0)
     test = two_proportion_test(s_a, n_a, s_b, n_b, confidence=1 - alpha)
     sequential = always_valid_p_values(checkpoints, tau)[-1] if checkpoints else 1.0

@@ -70,15 +70,16 @@ def msprt_likelihood_ratio(difference: float, variance: float, tau: float) -> fl
 
 
 def always_valid_p_values(
-    checkpoints: Sequence[tuple[int, int, int, int]], tau: float
+    checkpoints: Sequence[tuple[int, int, int, int]], tau: float, running: float = 1.0
 ) -> list[float]:
     """Running always-valid p-values, one per checkpoint ``(successes_a, n_a, successes_b, n_b)``
     (cumulative counts in time order): p_k = min(1, min over j <= k of 1 / Lambda_j).
 
-    The variance of the difference is estimated at each checkpoint from the observed rates,
-    shrunk towards 1/2 by one pseudo-observation so that all-correct arms are not certain."""
+    ``running``: the p-value reached before the first checkpoint, to continue a path read in
+    pieces. The variance of the difference is estimated at each checkpoint from the observed
+    rates, shrunk towards 1/2 by one pseudo-observation so that all-correct arms are not
+    certain."""
     p_values = []
-    running = 1.0
     for s_a, n_a, s_b, n_b in checkpoints:
         if n_a > 0 and n_b > 0:
             r_a, r_b = (s_a + 0.5) / (n_a + 1), (s_b + 0.5) / (n_b + 1)

@@ -85,6 +85,12 @@ MIGRATIONS.append(
         )""",
     ]
 )
+MIGRATIONS.append(
+    [
+        # the background monitors read feedback by arrival time, a few seconds' worth at a time
+        "CREATE INDEX feedback_ts ON feedback (ts)",
+    ]
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 PREDICTION_COLUMNS = (
@@ -276,30 +282,54 @@ class Store:
             ).fetchall()
         return [(str(v), str(u), float(ts), float(lat), err) for v, u, ts, lat, err in rows]
 
-    def traffic_since(self, since: float, salt: str | None = None) -> dict[str, int]:
-        """Requests per variant in the experiment (not forced, not excluded) logged since then."""
+    def traffic_after(
+        self, after: float, settled_until: float, salt: str | None = None
+    ) -> list[tuple[str, int, int]]:
+        """(variant, requests stamped at or before ``settled_until``, all requests) of the
+        experiment's traffic (not forced, not excluded) stamped after ``after``."""
         where, params = _of_experiment(salt)
         with self._lock:
             rows = self.conn.execute(
-                "SELECT variant, COUNT(*) FROM predictions WHERE ts >= ? AND forced = 0 "
-                f"AND unit <> 'excluded' AND {where} GROUP BY variant",
-                (since, *params),
+                "SELECT variant, SUM(CASE WHEN ts <= ? THEN 1 ELSE 0 END), COUNT(*) "
+                "FROM predictions WHERE ts > ? AND forced = 0 AND unit <> 'excluded' "
+                f"AND {where} GROUP BY variant",
+                (settled_until, after, *params),
             ).fetchall()
-        return {str(v): int(n) for v, n in rows}
+        return [(str(v), int(settled), int(n)) for v, settled, n in rows]
+
+    def outcomes_after(
+        self, after: float, since: float, variants: Sequence[str], salt: str | None = None
+    ) -> list[tuple[float, str, bool]]:
+        """(feedback time, variant, correct) of the experiment's labelled predictions of
+        ``variants`` answered at or after ``since``, whose feedback was stamped after ``after``;
+        in the order the feedback arrived (its time, then the prediction id)."""
+        where, params = _of_experiment(salt, "p.")
+        marks = ", ".join("?" for _ in variants)
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT f.ts, p.variant, p.label = f.label FROM feedback f "
+                "JOIN predictions p ON p.id = f.prediction_id "
+                f"WHERE f.ts > ? AND p.ts >= ? AND p.variant IN ({marks}) AND p.forced = 0 "
+                f"AND p.unit <> 'excluded' AND {where} ORDER BY f.ts, f.prediction_id",
+                (after, since, *variants, *params),
+            ).fetchall()
+        return [(float(ts), str(v), bool(ok)) for ts, v, ok in rows]
 
     def labelled(
         self, include_forced: bool = False, salt: str | None = None
     ) -> list[tuple[str, float, bool, float]]:
-        """(variant, time, correct, latency_ms) of every prediction with feedback (of the
-        experiment ``salt`` names), oldest first; forced traffic only when asked for, traffic
-        outside the coverage never."""
+        """(variant, time answered, correct, latency_ms) of every prediction with feedback (of
+        the experiment ``salt`` names), in the order the feedback arrived (the order the
+        always-valid test takes, as the accuracy guardrail does); forced traffic only when asked
+        for, traffic outside the coverage never."""
         forced = "" if include_forced else "AND p.forced = 0"
         where, params = _of_experiment(salt, "p.")
         with self._lock:
             rows = self.conn.execute(
                 "SELECT p.variant, p.ts, p.label = f.label, p.latency_ms FROM predictions p "
                 "JOIN feedback f ON f.prediction_id = p.id "
-                f"WHERE p.unit <> 'excluded' {forced} AND {where} ORDER BY p.ts",
+                f"WHERE p.unit <> 'excluded' {forced} AND {where} "
+                "ORDER BY f.ts, f.prediction_id",
                 params,
             ).fetchall()
         return [(str(v), float(ts), bool(ok), float(lat)) for v, ts, ok, lat in rows]

@@ -56,6 +56,7 @@ def test_window_forgets_old_requests() -> None:
 
 
 def _labelled(n: int, acc_control: float, acc_challenger: float, seed: int = 0) -> list[Any]:
+    """(variant, time, correct, latency_ms), the two arms alternating."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -64,12 +65,16 @@ def _labelled(n: int, acc_control: float, acc_challenger: float, seed: int = 0) 
     return rows
 
 
+def _outcomes(n: int, acc_control: float, acc_challenger: float, seed: int = 0) -> list[Any]:
+    return [(variant, ok) for variant, _, ok, _ in _labelled(n, acc_control, acc_challenger, seed)]
+
+
 def test_accuracy_trip_needs_a_significantly_worse_challenger() -> None:
-    worse = accuracy_trips(_labelled(1000, 0.85, 0.70), "baseline", ["tuned"], 0.01, 0.05)
+    worse = accuracy_trips(_outcomes(1000, 0.85, 0.70), "baseline", ["tuned"], 0.01, 0.05)
     assert [(t.variant, t.kind) for t in worse] == [("tuned", "accuracy")]
     assert worse[0].detail["always_valid_p_value"] <= 0.01 and worse[0].detail["difference"] < 0
-    assert accuracy_trips(_labelled(1000, 0.70, 0.85), "baseline", ["tuned"], 0.01, 0.05) == []
-    assert accuracy_trips(_labelled(300, 0.80, 0.80), "baseline", ["tuned"], 0.01, 0.05) == []
+    assert accuracy_trips(_outcomes(1000, 0.70, 0.85), "baseline", ["tuned"], 0.01, 0.05) == []
+    assert accuracy_trips(_outcomes(300, 0.80, 0.80), "baseline", ["tuned"], 0.01, 0.05) == []
     assert accuracy_trips([], "baseline", ["tuned"], 0.01, 0.05) == []
 
 

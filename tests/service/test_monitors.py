@@ -1,0 +1,158 @@
+"""The background store checks read only what is new, and agree with a full read of the store.
+
+Tests taking ``new_store`` run on SQLite and on PostgreSQL (see test_store.py).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from service.guardrails import accuracy_trips, arm_checkpoints
+from service.monitors import SETTLE_S, AccuracyMonitor, TrafficMonitor
+from service.stats import always_valid_p_values
+from service.store import Store
+
+NewStore = Callable[[], Path | str]
+T0 = 1_800_000_000.0  # a fixed clock: the monitors are given ``now``
+
+
+def _prediction(pid: str, ts: float, variant: str, **extra: Any) -> dict[str, Any]:
+    return {"id": pid, "ts": ts, "variant": variant, "model_version": "m@1", "unit": "user",
+            "unit_hash": "h", "forced": 0, "label": "positive", "score": 0.9,
+            "latency_ms": 5.0, "salt": "s"} | extra  # fmt: skip
+
+
+def _feedback(store: Store, pid: str, ts: float, correct: bool) -> None:
+    """Feedback stamped at ``ts`` (the store stamps real feedback with its own clock)."""
+    with store._lock:
+        store.conn.execute(
+            "INSERT INTO feedback (prediction_id, ts, label) VALUES (?, ?, ?)",
+            (pid, ts, "positive" if correct else "negative"),
+        )
+
+
+def _full_path(store: Store, control: str, challenger: str, tau: float) -> tuple[Any, float]:
+    """Counts and always-valid p-value from every labelled prediction (what the report does)."""
+    outcomes = [(v, ok) for v, _, ok, _ in store.labelled(salt="s")]
+    checkpoints = arm_checkpoints(outcomes, control, challenger)
+    return checkpoints[-1], always_valid_p_values(checkpoints, tau)[-1]
+
+
+def test_the_accuracy_monitor_follows_the_full_path_reading_only_new_rows(
+    new_store: NewStore,
+) -> None:
+    store = Store(new_store())
+    monitor = AccuracyMonitor("baseline", alpha=0.01, tau=0.05)
+    rng = random.Random(7)
+    clock, n, horizon = T0, 0, -1.0
+    feedback_ts: list[float] = []
+    for _ in range(8):  # eight checks, 60 new labelled predictions before each
+        rows = []
+        for _ in range(60):
+            n += 1
+            variant = "baseline" if n % 2 else "tuned"
+            clock += rng.uniform(0.5, 4.0)
+            rows.append(_prediction(f"p{n}", clock, variant))
+        store.log_predictions(rows)
+        for row in rows:  # feedback a little later, not always in the order answered
+            accuracy = 0.9 if row["variant"] == "baseline" else 0.7
+            feedback_ts.append(row["ts"] + rng.uniform(0, 30))
+            _feedback(store, row["id"], feedback_ts[-1], rng.random() < accuracy)
+        trips = monitor.check(store, "s", {"tuned": 0.0}, now=clock)
+        assert monitor.rows_read == sum(ts > horizon for ts in feedback_ts) < n or n == 60
+        horizon = clock - SETTLE_S
+        expected = accuracy_trips(
+            [(v, ok) for v, _, ok, _ in store.labelled(salt="s")], "baseline", ["tuned"], 0.01, 0.05
+        )  # the decision uses the unsettled rows too: the same as a full read
+        assert [(t.variant, t.detail) for t in trips] == [(t.variant, t.detail) for t in expected]
+    # once everything settles, the kept path is the full path, and a check reads nothing
+    monitor.check(store, "s", {"tuned": 0.0}, now=clock + 2 * SETTLE_S)
+    assert (monitor._paths["tuned"].counts, monitor._paths["tuned"].p_value) == _full_path(
+        store, "baseline", "tuned", 0.05
+    )
+    monitor.check(store, "s", {"tuned": 0.0}, now=clock + 3 * SETTLE_S)
+    assert monitor.rows_read == 0
+    assert expected and expected[0].kind == "accuracy"  # 0.7 against 0.9 trips in the end
+
+
+def test_the_accuracy_monitor_counts_late_rows_within_the_settling_time(
+    new_store: NewStore,
+) -> None:
+    store = Store(new_store())
+    monitor = AccuracyMonitor("baseline", alpha=0.01, tau=0.05)
+    _feedback(store, "early", T0, True)  # feedback stored before its prediction row
+    monitor.check(store, "s", {"tuned": 0.0}, now=T0 + 1)
+    store.log_predictions([_prediction("early", T0 - 1, "tuned")])
+    monitor.check(store, "s", {"tuned": 0.0}, now=T0 + 2)
+    _feedback(store, "late", T0 + 1, False)
+    store.log_predictions([_prediction("late", T0, "baseline")])
+    monitor.check(store, "s", {"tuned": 0.0}, now=T0 + SETTLE_S + 10)
+    assert monitor._paths["tuned"].counts == (0, 1, 1, 1)
+    # a row landing after its feedback has settled is left out (the report still counts it)
+    _feedback(store, "lost", T0 + 5, True)
+    store.log_predictions([_prediction("lost", T0 + 4, "tuned")])
+    monitor.check(store, "s", {"tuned": 0.0}, now=T0 + SETTLE_S + 20)
+    assert monitor._paths["tuned"].counts == (0, 1, 1, 1) and len(store.labelled()) == 3
+
+
+def test_the_accuracy_monitor_starts_afresh_when_a_challenger_is_put_back(
+    new_store: NewStore,
+) -> None:
+    store = Store(new_store())
+    monitor = AccuracyMonitor("baseline", alpha=0.01, tau=0.05)
+    store.log_predictions([_prediction(f"a{i}", T0 + i, "tuned") for i in range(10)])
+    store.log_predictions([_prediction(f"b{i}", T0 + 20 + i, "tuned") for i in range(5)])
+    for i in range(10):
+        _feedback(store, f"a{i}", T0 + 40 + i, False)
+    for i in range(5):
+        _feedback(store, f"b{i}", T0 + 60 + i, True)
+    monitor.check(store, "s", {"tuned": 0.0}, now=T0 + 500)
+    assert monitor._paths["tuned"].counts == (0, 0, 5, 15)
+    monitor.check(store, "s", {"tuned": T0 + 20}, now=T0 + 500)  # put back at T0 + 20
+    assert monitor._paths["tuned"].counts == (0, 0, 5, 5)
+    monitor.check(store, "other-salt", {"tuned": T0 + 20}, now=T0 + 500)  # a new experiment
+    assert monitor._paths["tuned"].counts == (0, 0, 0, 0)
+
+
+def _traffic(store: Store, since: float, after: float = -1.0) -> dict[str, int]:
+    """The split counted by one query over everything (what the monitor must agree with)."""
+    rows = store.conn.execute(
+        "SELECT variant, COUNT(*) FROM predictions WHERE ts >= ? AND ts > ? AND forced = 0 "
+        "AND unit <> 'excluded' AND (salt = ? OR salt IS NULL) GROUP BY variant",
+        (since, after, "s"),
+    ).fetchall()
+    return {str(v): int(n) for v, n in rows}
+
+
+def test_the_traffic_monitor_agrees_with_a_full_count_and_reads_only_new_rows(
+    new_store: NewStore,
+) -> None:
+    store = Store(new_store())
+    monitor = TrafficMonitor()
+    rng = random.Random(3)
+    clock, n, horizon = T0, 0, -1.0
+    kinds = [{}, {}, {}, {"forced": 1}, {"unit": "excluded"}, {"salt": "old"}, {"salt": None}]
+    for step in range(6):
+        rows = []
+        for _ in range(50):
+            n += 1
+            clock += rng.uniform(0.5, 3.0)
+            variant = rng.choice(["baseline", "tuned"])
+            rows.append(_prediction(f"p{n}", clock - rng.uniform(0, 20), variant,
+                                    **rng.choice(kinds)))  # fmt: skip
+        store.log_predictions(rows)
+        since = T0 + 100 if step >= 3 else T0  # the split changed at T0 + 100
+        if step == 3:
+            horizon = -1.0  # a new split is counted from its start
+        assert monitor.counts(store, "s", since, now=clock) == _traffic(store, since)
+        assert monitor.rows_counted == sum(_traffic(store, since, after=horizon).values())
+        horizon = clock - SETTLE_S
+    recent = sum(_traffic(store, T0 + 100, after=horizon).values())
+    assert recent < sum(_traffic(store, T0).values())  # the last check read a fraction
+    later = clock + 2 * SETTLE_S
+    assert monitor.counts(store, "s", T0 + 100, now=later) == _traffic(store, T0 + 100)
+    monitor.counts(store, "s", T0 + 100, now=later + SETTLE_S)
+    assert monitor.rows_counted == 0
