@@ -10,7 +10,8 @@ two labelled) stamped over the past at SERVE_RATE requests/s. Then, in one run:
   report (GET /ab/report) still does;
 - the monitors' first check after a worker starts (it reads everything once);
 - their steady check: the next check, CHECK_PERIOD_S later, after that period's new traffic
-  (SERVE_RATE requests/s, half labelled) has been logged.
+  (SERVE_RATE requests/s, half labelled) has been logged;
+- building the A/B report (GET /ab/report), which reads the whole experiment.
 Each is timed ROUNDS times (median). Writes store_checks.json and store_checks.md.
 """
 
@@ -29,8 +30,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from service.config import ServingConfig  # noqa: E402
 from service.guardrails import accuracy_trips  # noqa: E402
 from service.monitors import AccuracyMonitor, TrafficMonitor  # noqa: E402
+from service.report import build_report  # noqa: E402
 from service.store import Store  # noqa: E402
 from tuneserve.machine import describe_machine  # noqa: E402
 
@@ -75,7 +78,12 @@ def measure(size: int, work: Path) -> dict[str, Any]:
     store = Store(work / f"store-{size}.sqlite", durable=False)
     now = time.time()
     fill(store, size, now, rng)
-    full, first, steady, read, counted = [], [], [], [], []
+    settings = ServingConfig.model_validate({  # the report reads only the store
+        "variants": [{"name": "baseline", "path": str(work), "control": True},
+                     {"name": "tuned", "path": str(work)}],
+        "experiment": {"salt": "s"}, "store": {"path": str(store.path)},
+    })  # fmt: skip
+    full, first, steady, read, counted, report = [], [], [], [], [], []
     for _ in range(ROUNDS):
         started = time.perf_counter()
         labelled = full_read(store)
@@ -95,6 +103,10 @@ def measure(size: int, work: Path) -> dict[str, Any]:
         steady.append(time.perf_counter() - started)
         read.append(accuracy.rows_read)
         counted.append(traffic.rows_counted)
+
+        started = time.perf_counter()
+        build_report(store, settings)
+        report.append(time.perf_counter() - started)
     store.close()
     return {
         "predictions": size,
@@ -105,6 +117,7 @@ def measure(size: int, work: Path) -> dict[str, Any]:
         "steady_rows_read": int(statistics.median(read)),
         "steady_rows_counted": int(statistics.median(counted)),
         "full_over_steady": statistics.median(full) / statistics.median(steady),
+        "report_s": statistics.median(report),
     }
 
 
@@ -134,15 +147,15 @@ def main() -> None:
         f" {CHECK_PERIOD_S:.0f} s between checks",
         "",
         "| predictions | labelled | full read | first check | steady check | rows read (steady) "
-        "| full / steady |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| full / steady | report |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['predictions']:,} | {r['labelled']:,} | {r['full_read_s'] * 1e3:,.0f} ms "
             f"| {r['first_check_s'] * 1e3:,.0f} ms | {r['steady_check_s'] * 1e3:,.1f} ms "
             f"| {r['steady_rows_read']:,} + {r['steady_rows_counted']:,} counted "
-            f"| {r['full_over_steady']:,.0f}x |"
+            f"| {r['full_over_steady']:,.0f}x | {r['report_s'] * 1e3:,.0f} ms |"
         )
     text = "\n".join(lines) + "\n"
     (args.out / "store_checks.md").write_text(text)

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from service.config import GuardrailConfig
 from service.stats import always_valid_p_values
 
@@ -89,31 +91,45 @@ class Guardrails:
         return trips
 
 
+Counts = tuple[int, int, int, int]  # (successes_control, n_control, successes_chall., n_chall.)
+
+
 def arm_checkpoints(
     outcomes: Iterable[tuple[str, bool]],
     control: str,
     challenger: str,
-    start: tuple[int, int, int, int] = (0, 0, 0, 0),
-) -> list[tuple[int, int, int, int]]:
-    """Cumulative ``(successes_control, n_control, successes_challenger, n_challenger)`` after
-    each ``(variant, correct)`` outcome of either arm, in the order given (the always-valid
-    test's path); ``start``: the counts before the first, to continue a path read in pieces."""
-    s_a, n_a, s_b, n_b = start
-    checkpoints = []
-    for variant, correct in outcomes:
-        if variant == control:
-            n_a, s_a = n_a + 1, s_a + int(correct)
-        elif variant == challenger:
-            n_b, s_b = n_b + 1, s_b + int(correct)
-        else:
-            continue
-        checkpoints.append((s_a, n_a, s_b, n_b))
-    return checkpoints
+    start: Counts = (0, 0, 0, 0),
+) -> np.ndarray:
+    """Cumulative counts (one row of ``Counts`` per outcome of either arm) after each
+    ``(variant, correct)`` outcome, in the order given: the always-valid test's path. ``start``:
+    the counts before the first, to continue a path read in pieces."""
+    arms = [(v == control, ok) for v, ok in outcomes if v in (control, challenger)]
+    if not arms:
+        return np.zeros((0, 4), dtype=np.int64)
+    is_a, correct = np.array(arms, dtype=bool).T
+    is_b = ~is_a
+    columns = (is_a & correct, is_a, is_b & correct, is_b)
+    return np.stack([np.cumsum(c) + s for c, s in zip(columns, start, strict=True)], axis=1)
 
 
-def accuracy_trip(
-    challenger: str, counts: tuple[int, int, int, int], p_value: float, alpha: float
-) -> Trip | None:
+def path_end(
+    outcomes: Iterable[tuple[str, bool]],
+    control: str,
+    challenger: str,
+    tau: float,
+    start: Counts = (0, 0, 0, 0),
+    running: float = 1.0,
+) -> tuple[Counts, float]:
+    """The counts and the always-valid p-value at the end of the path through ``outcomes``,
+    continuing from ``start`` and the p-value ``running`` reached before them."""
+    checkpoints = arm_checkpoints(outcomes, control, challenger, start)
+    if not len(checkpoints):
+        return start, running
+    s_a, n_a, s_b, n_b = (int(x) for x in checkpoints[-1])
+    return (s_a, n_a, s_b, n_b), always_valid_p_values(checkpoints, tau, running)[-1]
+
+
+def accuracy_trip(challenger: str, counts: Counts, p_value: float, alpha: float) -> Trip | None:
     """A trip when the challenger's accuracy is below the control's and the always-valid
     p-value of the path so far is at most ``alpha``."""
     s_a, n_a, s_b, n_b = counts
@@ -139,12 +155,9 @@ def accuracy_trips(
     ``(variant, correct)`` outcomes in the order they became known."""
     trips = []
     for name in challengers:
-        checkpoints = arm_checkpoints(outcomes, control, name)
-        if checkpoints:
-            p_value = always_valid_p_values(checkpoints, tau)[-1]
-            trip = accuracy_trip(name, checkpoints[-1], p_value, alpha)
-            if trip is not None:
-                trips.append(trip)
+        trip = accuracy_trip(name, *path_end(outcomes, control, name, tau), alpha)
+        if trip is not None:
+            trips.append(trip)
     return trips
 
 

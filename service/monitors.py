@@ -21,8 +21,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from service.guardrails import Trip, accuracy_trip, arm_checkpoints
-from service.stats import always_valid_p_values
+from service.guardrails import Counts, Trip, accuracy_trip, path_end
 from service.store import Store
 
 SETTLE_S = 60.0  # how late a row may land and still be counted by the monitors
@@ -40,16 +39,13 @@ class _Path:
     salt: str
     since: float  # predictions answered from then on count (when the challenger was put back)
     until: float
-    counts: tuple[int, int, int, int] = (0, 0, 0, 0)
+    counts: Counts = (0, 0, 0, 0)
     p_value: float = 1.0
 
     def extended(self, outcomes: list[tuple[str, bool]], control: str, challenger: str,
-                 tau: float) -> tuple[tuple[int, int, int, int], float]:  # fmt: skip
+                 tau: float) -> tuple[Counts, float]:  # fmt: skip
         """Counts and p-value after ``outcomes``, which follow this path in time."""
-        checkpoints = arm_checkpoints(outcomes, control, challenger, start=self.counts)
-        if not checkpoints:
-            return self.counts, self.p_value
-        return checkpoints[-1], always_valid_p_values(checkpoints, tau, self.p_value)[-1]
+        return path_end(outcomes, control, challenger, tau, self.counts, self.p_value)
 
 
 class AccuracyMonitor:

@@ -18,9 +18,8 @@ import numpy as np
 
 from service.admin import ExperimentState, initial_state
 from service.config import ServingConfig
-from service.guardrails import arm_checkpoints
+from service.guardrails import path_end
 from service.stats import (
-    always_valid_p_values,
     mcnemar_exact,
     sample_ratio_check,
     samples_needed,
@@ -45,19 +44,16 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
     forced: Counter[str] = Counter()
     excluded: Counter[str] = Counter()
     errors: Counter[str] = Counter()
-    latency: dict[str, list[float]] = defaultdict(list)
-    for variant, unit, ts, latency_ms, error in store.served(state.salt):
+    for variant, unit, is_current, failed, n in store.traffic_summary(since, state.salt):
         if unit == "forced":
-            forced[variant] += 1
+            forced[variant] += n
         elif unit == "excluded":
-            excluded[variant] += 1
+            excluded[variant] += n
         else:
-            traffic[variant] += 1
-            current[variant] += ts >= since
-            if error:
-                errors[variant] += 1
-            else:
-                latency[variant].append(latency_ms)
+            traffic[variant] += n
+            current[variant] += n if is_current else 0
+            errors[variant] += n if failed else 0
+    latency = store.latencies(state.salt)
     labelled = store.labelled(salt=state.salt)
     outcomes: dict[str, list[bool]] = defaultdict(list)
     for variant, _, correct, _ in labelled:
@@ -66,7 +62,7 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
     for name in settings.variant_names():
         n, hits = len(outcomes[name]), sum(outcomes[name])
         low, high = wilson_interval(hits, n)
-        lat = np.array(latency[name]) if latency[name] else None
+        lat = np.array(latency[name]) if latency.get(name) else None
         variants.append({
             "variant": name,
             "control": name == control,
@@ -187,10 +183,9 @@ def _compare(
     power: float,
     tau: float,
 ) -> dict[str, Any]:
-    checkpoints = arm_checkpoints(((v, ok) for v, _, ok, _ in labelled), control, challenger)
-    s_a, n_a, s_b, n_b = checkpoints[-1] if checkpoints else (0, 0, 0, 0)
+    outcomes = ((v, ok) for v, _, ok, _ in labelled)
+    (s_a, n_a, s_b, n_b), sequential = path_end(outcomes, control, challenger, tau)
     test = two_proportion_test(s_a, n_a, s_b, n_b, confidence=1 - alpha)
-    sequential = always_valid_p_values(checkpoints, tau)[-1] if checkpoints else 1.0
     base_rate = s_a / n_a if n_a else 0.5
     needed = samples_needed(base_rate, minimum_effect, alpha, power)
     result = {

@@ -8,9 +8,12 @@ can be read; tests check every figure against scipy and statsmodels on fixed inp
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
+
+import numpy as np
 
 _NORMAL = NormalDist()
 
@@ -59,35 +62,38 @@ def two_proportion_test(
     return Difference(diff, diff - half, diff + half, z, p_value)
 
 
-def msprt_likelihood_ratio(difference: float, variance: float, tau: float) -> float:
+def msprt_likelihood_ratio(difference: Any, variance: Any, tau: float) -> Any:
     """The normal-mixture mSPRT statistic (Johari et al.) for an estimate ~ N(theta, variance)
-    tested against theta = 0, with a N(0, tau^2) mixing distribution."""
-    if variance <= 0:
-        return 1.0
-    total = variance + tau * tau
-    exponent = tau * tau * difference * difference / (2 * variance * total)
-    return math.sqrt(variance / total) * math.exp(min(exponent, 700.0))
+    tested against theta = 0, with a N(0, tau^2) mixing distribution; elementwise on arrays
+    (1 where the variance is not positive)."""
+    difference, variance = np.asarray(difference, float), np.asarray(variance, float)
+    positive = variance > 0
+    safe = np.where(positive, variance, 1.0)
+    total = safe + tau * tau
+    exponent = np.minimum(tau * tau * difference * difference / (2 * safe * total), 700.0)
+    return np.where(positive, np.sqrt(safe / total) * np.exp(exponent), 1.0)
 
 
-def always_valid_p_values(
-    checkpoints: Sequence[tuple[int, int, int, int]], tau: float, running: float = 1.0
-) -> list[float]:
+def always_valid_p_values(checkpoints: Any, tau: float, running: float = 1.0) -> list[float]:
     """Running always-valid p-values, one per checkpoint ``(successes_a, n_a, successes_b, n_b)``
-    (cumulative counts in time order): p_k = min(1, min over j <= k of 1 / Lambda_j).
+    (rows of cumulative counts in time order): p_k = min(1, min over j <= k of 1 / Lambda_j).
 
     ``running``: the p-value reached before the first checkpoint, to continue a path read in
     pieces. The variance of the difference is estimated at each checkpoint from the observed
     rates, shrunk towards 1/2 by one pseudo-observation so that all-correct arms are not
-    certain."""
-    p_values = []
-    for s_a, n_a, s_b, n_b in checkpoints:
-        if n_a > 0 and n_b > 0:
-            r_a, r_b = (s_a + 0.5) / (n_a + 1), (s_b + 0.5) / (n_b + 1)
-            variance = r_a * (1 - r_a) / n_a + r_b * (1 - r_b) / n_b
-            ratio = msprt_likelihood_ratio(s_b / n_b - s_a / n_a, variance, tau)
-            running = min(running, 1.0 / ratio)
-        p_values.append(min(1.0, running))
-    return p_values
+    certain. Vectorised: half a million checkpoints take tens of milliseconds."""
+    counts = np.asarray(checkpoints, dtype=float).reshape(-1, 4)
+    s_a, n_a, s_b, n_b = counts.T
+    both = (n_a > 0) & (n_b > 0)
+    n_a, n_b = np.where(both, n_a, 1.0), np.where(both, n_b, 1.0)  # no division by zero
+    r_a, r_b = (s_a + 0.5) / (n_a + 1), (s_b + 0.5) / (n_b + 1)
+    variance = r_a * (1 - r_a) / n_a + r_b * (1 - r_b) / n_b
+    ratio = msprt_likelihood_ratio(s_b / n_b - s_a / n_a, variance, tau)
+    inverse = np.where(both, 1.0 / ratio, 1.0)
+    if not len(inverse):
+        return []
+    path = np.minimum(np.minimum.accumulate(inverse), min(1.0, running))
+    return list(path.tolist())
 
 
 def chi2_survival(x: float, df: int) -> float:

@@ -271,16 +271,36 @@ class Store:
             ).fetchall()
         return [(float(ts), json.loads(change)) for ts, change in rows]
 
-    def served(self, salt: str | None = None) -> list[tuple[str, str, float, float, str | None]]:
-        """(variant, unit, time, latency_ms, error) of every logged request (of the experiment
-        ``salt`` names); ``unit`` is ``user``, ``request``, ``forced`` or ``excluded``."""
+    def traffic_summary(
+        self, since: float, salt: str | None = None
+    ) -> list[tuple[str, str, bool, bool, int]]:
+        """(variant, unit, stamped at or after ``since``, failed, requests) of every logged
+        request (of the experiment ``salt`` names), counted in the database; ``unit`` is
+        ``user``, ``request``, ``forced`` or ``excluded``."""
         where, params = _of_experiment(salt)
         with self._lock:
             rows = self.conn.execute(
-                f"SELECT variant, unit, ts, latency_ms, error FROM predictions WHERE {where}",
+                "SELECT variant, unit, CASE WHEN ts >= ? THEN 1 ELSE 0 END, "
+                "CASE WHEN error IS NULL OR error = '' THEN 0 ELSE 1 END, COUNT(*) "
+                f"FROM predictions WHERE {where} GROUP BY 1, 2, 3, 4",
+                (since, *params),
+            ).fetchall()
+        return [(str(v), str(u), bool(c), bool(f), int(n)) for v, u, c, f, n in rows]
+
+    def latencies(self, salt: str | None = None) -> dict[str, list[float]]:
+        """Per variant, the latency in ms of every request of the experiment that was answered
+        (not forced, not excluded, not failed)."""
+        where, params = _of_experiment(salt)
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT variant, latency_ms FROM predictions WHERE unit <> 'forced' "
+                f"AND unit <> 'excluded' AND (error IS NULL OR error = '') AND {where}",
                 params,
             ).fetchall()
-        return [(str(v), str(u), float(ts), float(lat), err) for v, u, ts, lat, err in rows]
+        out: dict[str, list[float]] = {}
+        for variant, latency in rows:
+            out.setdefault(str(variant), []).append(float(latency))
+        return out
 
     def traffic_after(
         self, after: float, settled_until: float, salt: str | None = None

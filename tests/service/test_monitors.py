@@ -10,9 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.guardrails import accuracy_trips, arm_checkpoints
+from service.guardrails import accuracy_trips, path_end
 from service.monitors import SETTLE_S, AccuracyMonitor, TrafficMonitor
-from service.stats import always_valid_p_values
 from service.store import Store
 
 NewStore = Callable[[], Path | str]
@@ -37,8 +36,7 @@ def _feedback(store: Store, pid: str, ts: float, correct: bool) -> None:
 def _full_path(store: Store, control: str, challenger: str, tau: float) -> tuple[Any, float]:
     """Counts and always-valid p-value from every labelled prediction (what the report does)."""
     outcomes = [(v, ok) for v, _, ok, _ in store.labelled(salt="s")]
-    checkpoints = arm_checkpoints(outcomes, control, challenger)
-    return checkpoints[-1], always_valid_p_values(checkpoints, tau)[-1]
+    return path_end(outcomes, control, challenger, tau)
 
 
 def test_the_accuracy_monitor_follows_the_full_path_reading_only_new_rows(

@@ -15,6 +15,7 @@ from statsmodels.stats.proportion import (
     proportions_ztest,
 )
 
+from service.guardrails import arm_checkpoints, path_end
 from service.stats import (
     always_valid_p_values,
     chi2_survival,
@@ -88,6 +89,47 @@ def test_always_valid_p_value_detects_a_real_difference() -> None:
     )
     assert p == sorted(p, reverse=True)  # never increases
     assert p[-1] < 0.01
+
+
+def _p_values_one_by_one(checkpoints: list[tuple[int, int, int, int]], tau: float) -> list[float]:
+    """The always-valid path as its definition reads, one checkpoint at a time."""
+    running, path = 1.0, []
+    for s_a, n_a, s_b, n_b in checkpoints:
+        if n_a and n_b:
+            r_a, r_b = (s_a + 0.5) / (n_a + 1), (s_b + 0.5) / (n_b + 1)
+            variance = r_a * (1 - r_a) / n_a + r_b * (1 - r_b) / n_b
+            total = variance + tau * tau
+            diff = s_b / n_b - s_a / n_a
+            ratio = math.sqrt(variance / total) * math.exp(
+                min(tau * tau * diff * diff / (2 * variance * total), 700.0)
+            )
+            running = min(running, 1.0 / ratio)
+        path.append(running)
+    return path
+
+
+def test_the_vectorised_path_equals_the_definition_and_continues_in_pieces() -> None:
+    rng = np.random.default_rng(11)
+    outcomes = [
+        (str(rng.choice(["a", "b", "other"])), bool(rng.random() < 0.8)) for _ in range(3000)
+    ]
+    outcomes[:5] = [("a", True)] * 5  # a start with one arm empty
+    checkpoints = arm_checkpoints(outcomes, "a", "b")
+    assert len(checkpoints) == sum(v != "other" for v, _ in outcomes)
+    assert checkpoints[4].tolist() == [5, 5, 0, 0]
+    assert checkpoints[-1][1] + checkpoints[-1][3] == len(checkpoints)
+    rows = [tuple(int(x) for x in row) for row in checkpoints]
+    path = always_valid_p_values(checkpoints, 0.05)
+    assert path == pytest.approx(_p_values_one_by_one(rows, 0.05), rel=1e-12)
+    # read in two pieces: the counts and the p-value carry over
+    head = arm_checkpoints(outcomes[:1000], "a", "b")
+    tail = arm_checkpoints(outcomes[1000:], "a", "b", start=tuple(int(x) for x in head[-1]))
+    assert np.array_equal(np.vstack([head, tail]), checkpoints)
+    resumed = always_valid_p_values(tail, 0.05, running=always_valid_p_values(head, 0.05)[-1])
+    assert resumed == path[len(head) :]
+    assert always_valid_p_values([], 0.05) == [] and len(arm_checkpoints([], "a", "b")) == 0
+    assert path_end(outcomes, "a", "b", 0.05) == (rows[-1], path[-1])
+    assert path_end([], "a", "b", 0.05, start=(1, 2, 3, 4), running=0.5) == ((1, 2, 3, 4), 0.5)
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 7])

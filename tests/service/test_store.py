@@ -70,8 +70,9 @@ def test_timestamps_and_scores_keep_double_precision(new_store: NewStore) -> Non
     store = Store(new_store())
     row = _row(1) | {"ts": 1_790_000_000.123456, "score": 0.123456789012, "latency_ms": 1e-3}
     store.log_predictions([row])
-    (_, ts, latency, _), *_ = [(v, t, lat, e) for v, _, t, lat, e in store.served()]
+    ts, latency = store.conn.execute("SELECT ts, latency_ms FROM predictions").fetchone()
     assert ts == 1_790_000_000.123456 and latency == 1e-3  # a float4 column would round these
+    assert store.latencies() == {"tuned": [1e-3]}
     score = store.conn.execute("SELECT score FROM predictions").fetchone()[0]
     assert score == 0.123456789012
 
