@@ -154,8 +154,17 @@ class VariantModel:
 
 
 def _quantization_name(details: dict[str, Any]) -> str:
+    """What the model_info metric and GET /models call the serving model's numerics, naming
+    each fidelity step the export applied, e.g. ``int8-dynamic-avx512_vnni+smoothed4+blockwise3
+    +row-emb`` (nodes smoothed, MatMuls block-wise, per-row int8 embeddings)."""
     quant = details.get("quantization")
-    if isinstance(quant, dict):
-        suffix = "+fp32-ffn" if quant.get("fallback_used") else ""
-        return f"int8-dynamic-{quant.get('isa', '?')}{suffix}"
-    return "fp16" if details.get("profile") == "gpu-fp16" else "fp32"
+    if not isinstance(quant, dict):
+        return "fp16" if details.get("profile") == "gpu-fp16" else "fp32"
+    smoothed = ((quant.get("smoothing") or {}).get("nodes")) or {}
+    steps = [
+        f"smoothed{n}" if (n := sum(1 for c in smoothed.values() if c.get("alpha", 0) > 0)) else "",
+        f"blockwise{len(quant['blockwise_nodes'])}" if quant.get("blockwise_nodes") else "",
+        "row-emb" if quant.get("embeddings") == "per_row" else "",
+        "fp32-ffn" if quant.get("fallback_used") else "",
+    ]
+    return "+".join([f"int8-dynamic-{quant.get('isa', '?')}", *filter(None, steps)])

@@ -13,7 +13,7 @@ from service import metrics
 from service.batching import AdaptiveBatcher, DirectRunner
 from service.config import ServingConfig, load_serving_config
 from service.errors import DeadlineError, InvalidInputError, OverloadedError, PayloadTooLargeError
-from service.model import VariantModel
+from service.model import VariantModel, _quantization_name
 from service.predictor import Predictor, check_texts
 from tests.conftest import make_sentences
 from tests.service.conftest import write_serving_config
@@ -213,3 +213,24 @@ def test_cuda_without_gpu_falls_back_to_cpu_with_a_warning(
         session = make_session(model_path, threads=1, provider="cuda")
     assert session.get_providers() == ["CPUExecutionProvider"]
     assert "running model.int8.onnx on CPU" in caplog.text
+
+
+def test_the_quantization_name_lists_the_export_steps(
+    tmp_path: Path, tiny_exports: dict[str, Path]
+) -> None:
+    settings = _settings(tmp_path, tiny_exports)
+    variant = settings.variants[0].model_copy(update={"path": tiny_exports["lora-cpu-int8"]})
+    model = VariantModel(variant, settings)
+    quant = model.manifest.details["quantization"]
+    smoothed = sum(1 for c in quant["smoothing"].get("nodes", {}).values() if c["alpha"] > 0)
+    expected = f"int8-dynamic-{quant['isa']}"
+    expected += f"+smoothed{smoothed}" if smoothed else ""
+    expected += f"+blockwise{len(quant['blockwise_nodes'])}" if quant["blockwise_nodes"] else ""
+    assert model.quantization == expected + "+row-emb" and model.summary()["quantization"] == (
+        model.quantization
+    )
+    fp32 = settings.variants[0].model_copy(update={"path": tiny_exports["lora-cpu-fp32"]})
+    assert VariantModel(fp32, settings).quantization == "fp32"
+    plain = {"quantization": {"isa": "avx2", "embeddings": "per_tensor", "fallback_used": True,
+                              "smoothing": {"mode": "off"}, "blockwise_nodes": []}}  # fmt: skip
+    assert _quantization_name(plain) == "int8-dynamic-avx2+fp32-ffn"
