@@ -71,7 +71,8 @@ def msprt_likelihood_ratio(difference: Any, variance: Any, tau: float) -> Any:
     safe = np.where(positive, variance, 1.0)
     total = safe + tau * tau
     exponent = np.minimum(tau * tau * difference * difference / (2 * safe * total), 700.0)
-    return np.where(positive, np.sqrt(safe / total) * np.exp(exponent), 1.0)
+    ratio = np.where(positive, np.sqrt(safe / total) * np.exp(exponent), 1.0)
+    return float(ratio) if ratio.ndim == 0 else ratio
 
 
 def always_valid_p_values(checkpoints: Any, tau: float, running: float = 1.0) -> list[float]:
@@ -82,7 +83,11 @@ def always_valid_p_values(checkpoints: Any, tau: float, running: float = 1.0) ->
     pieces. The variance of the difference is estimated at each checkpoint from the observed
     rates, shrunk towards 1/2 by one pseudo-observation so that all-correct arms are not
     certain. Vectorised: half a million checkpoints take tens of milliseconds."""
-    counts = np.asarray(checkpoints, dtype=float).reshape(-1, 4)
+    counts = np.asarray(checkpoints, dtype=float)
+    if counts.size == 0:
+        return []
+    if counts.ndim != 2 or counts.shape[1] != 4:
+        raise ValueError(f"checkpoints are rows of 4 counts, got shape {counts.shape}")
     s_a, n_a, s_b, n_b = counts.T
     both = (n_a > 0) & (n_b > 0)
     n_a, n_b = np.where(both, n_a, 1.0), np.where(both, n_b, 1.0)  # no division by zero
@@ -90,8 +95,6 @@ def always_valid_p_values(checkpoints: Any, tau: float, running: float = 1.0) ->
     variance = r_a * (1 - r_a) / n_a + r_b * (1 - r_b) / n_b
     ratio = msprt_likelihood_ratio(s_b / n_b - s_a / n_a, variance, tau)
     inverse = np.where(both, 1.0 / ratio, 1.0)
-    if not len(inverse):
-        return []
     path = np.minimum(np.minimum.accumulate(inverse), min(1.0, running))
     return list(path.tolist())
 

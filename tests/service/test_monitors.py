@@ -43,7 +43,7 @@ def test_the_accuracy_monitor_follows_the_full_path_reading_only_new_rows(
     new_store: NewStore,
 ) -> None:
     store = Store(new_store())
-    monitor = AccuracyMonitor("baseline", alpha=0.01, tau=0.05)
+    monitor = AccuracyMonitor("baseline", alpha=0.01, tau=0.05, resync_s=1e9)
     rng = random.Random(7)
     clock, n, horizon = T0, 0, -1.0
     feedback_ts: list[float] = []
@@ -60,12 +60,13 @@ def test_the_accuracy_monitor_follows_the_full_path_reading_only_new_rows(
             feedback_ts.append(row["ts"] + rng.uniform(0, 30))
             _feedback(store, row["id"], feedback_ts[-1], rng.random() < accuracy)
         trips = monitor.check(store, "s", {"tuned": 0.0}, now=clock)
-        assert monitor.rows_read == sum(ts > horizon for ts in feedback_ts) < n or n == 60
+        assert monitor.rows_read == sum(ts > horizon for ts in feedback_ts)
         horizon = clock - SETTLE_S
         expected = accuracy_trips(
             [(v, ok) for v, _, ok, _ in store.labelled(salt="s")], "baseline", ["tuned"], 0.01, 0.05
         )  # the decision uses the unsettled rows too: the same as a full read
         assert [(t.variant, t.detail) for t in trips] == [(t.variant, t.detail) for t in expected]
+    assert monitor.rows_read < 120 < n  # the last check read the last round and a few more
     # once everything settles, the kept path is the full path, and a check reads nothing
     monitor.check(store, "s", {"tuned": 0.0}, now=clock + 2 * SETTLE_S)
     assert (monitor._paths["tuned"].counts, monitor._paths["tuned"].p_value) == _full_path(
@@ -115,12 +116,12 @@ def test_the_accuracy_monitor_starts_afresh_when_a_challenger_is_put_back(
     assert monitor._paths["tuned"].counts == (0, 0, 0, 0)
 
 
-def _traffic(store: Store, since: float, after: float = -1.0) -> dict[str, int]:
+def _traffic(store: Store, since: float, after: float = -1.0, salt: str = "s") -> dict[str, int]:
     """The split counted by one query over everything (what the monitor must agree with)."""
     rows = store.conn.execute(
         "SELECT variant, COUNT(*) FROM predictions WHERE ts >= ? AND ts > ? AND forced = 0 "
         "AND unit <> 'excluded' AND (salt = ? OR salt IS NULL) GROUP BY variant",
-        (since, after, "s"),
+        (since, after, salt),
     ).fetchall()
     return {str(v): int(n) for v, n in rows}
 
@@ -129,7 +130,7 @@ def test_the_traffic_monitor_agrees_with_a_full_count_and_reads_only_new_rows(
     new_store: NewStore,
 ) -> None:
     store = Store(new_store())
-    monitor = TrafficMonitor()
+    monitor = TrafficMonitor(resync_s=1e9)
     rng = random.Random(3)
     clock, n, horizon = T0, 0, -1.0
     kinds = [{}, {}, {}, {"forced": 1}, {"unit": "excluded"}, {"salt": "old"}, {"salt": None}]
@@ -148,9 +149,41 @@ def test_the_traffic_monitor_agrees_with_a_full_count_and_reads_only_new_rows(
         assert monitor.counts(store, "s", since, now=clock) == _traffic(store, since)
         assert monitor.rows_counted == sum(_traffic(store, since, after=horizon).values())
         horizon = clock - SETTLE_S
-    recent = sum(_traffic(store, T0 + 100, after=horizon).values())
-    assert recent < sum(_traffic(store, T0).values())  # the last check read a fraction
+    assert monitor.rows_counted < sum(_traffic(store, T0).values()) / 2  # a fraction of the store
+    other = monitor.counts(store, "other", T0 + 100, now=clock)  # a new experiment: its rows
+    assert other == _traffic(store, T0 + 100, salt="other") and other  # (and those without salt)
     later = clock + 2 * SETTLE_S
     assert monitor.counts(store, "s", T0 + 100, now=later) == _traffic(store, T0 + 100)
     monitor.counts(store, "s", T0 + 100, now=later + SETTLE_S)
     assert monitor.rows_counted == 0
+
+
+def test_a_full_read_every_resync_takes_in_what_landed_too_late_and_follows_a_clock_step(
+    new_store: NewStore,
+) -> None:
+    store = Store(new_store())
+    accuracy = AccuracyMonitor("baseline", alpha=0.01, tau=0.05, resync_s=600)
+    traffic = TrafficMonitor(resync_s=600)
+    store.log_predictions([_prediction("a", T0, "tuned"), _prediction("b", T0, "baseline")])
+    _feedback(store, "a", T0 + 1, True)
+    _feedback(store, "b", T0 + 1, True)
+    assert traffic.counts(store, "s", 0.0, now=T0 + 100) == {"tuned": 1, "baseline": 1}
+    accuracy.check(store, "s", {"tuned": 0.0}, now=T0 + 100)
+    assert accuracy._paths["tuned"].counts == (1, 1, 1, 1)
+    # a replica whose clock lags by five minutes logs a prediction and its feedback
+    store.log_predictions([_prediction("lag", T0 + 200 - 300, "tuned")])
+    _feedback(store, "lag", T0 + 201 - 300, False)
+    assert traffic.counts(store, "s", 0.0, now=T0 + 300) == {"tuned": 1, "baseline": 1}
+    accuracy.check(store, "s", {"tuned": 0.0}, now=T0 + 300)
+    assert accuracy._paths["tuned"].counts == (1, 1, 1, 1)  # missed for now
+    assert traffic.counts(store, "s", 0.0, now=T0 + 700) == {"tuned": 2, "baseline": 1}
+    accuracy.check(store, "s", {"tuned": 0.0}, now=T0 + 700)  # the resync reads everything
+    assert accuracy._paths["tuned"].counts == (1, 1, 1, 2) and accuracy.rows_read == 3
+    accuracy.check(store, "s", {"tuned": 0.0}, now=T0 + 710)
+    assert accuracy.rows_read == 0
+    # this worker's clock steps back: the cursor would skip rows stamped meanwhile
+    store.log_predictions([_prediction("back", T0 + 400, "baseline")])
+    _feedback(store, "back", T0 + 401, False)
+    assert traffic.counts(store, "s", 0.0, now=T0 + 500) == {"tuned": 2, "baseline": 2}
+    accuracy.check(store, "s", {"tuned": 0.0}, now=T0 + 500)
+    assert accuracy._paths["tuned"].counts == (1, 2, 1, 2) and accuracy.rows_read == 4

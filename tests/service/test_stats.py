@@ -130,6 +130,9 @@ def test_the_vectorised_path_equals_the_definition_and_continues_in_pieces() -> 
     assert always_valid_p_values([], 0.05) == [] and len(arm_checkpoints([], "a", "b")) == 0
     assert path_end(outcomes, "a", "b", 0.05) == (rows[-1], path[-1])
     assert path_end([], "a", "b", 0.05, start=(1, 2, 3, 4), running=0.5) == ((1, 2, 3, 4), 0.5)
+    with pytest.raises(ValueError, match="rows of 4 counts"):
+        always_valid_p_values([(1, 2, 3, 4, 5)], 0.05)
+    assert type(msprt_likelihood_ratio(0.1, 0.01, 0.05)) is float
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 7])
