@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -85,15 +86,26 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 180.0
     raise RunError(f"the service at {url} was not ready after {timeout_s:.0f} s")
 
 
+RETRIES = 5  # attempts after a 429 or 503 that carries Retry-After (a worker still warming up)
+
+
 def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
+    """POST JSON; (status, body, seconds of the last attempt). A 429 or 503 with Retry-After is
+    retried after the time it names, as a well-behaved client does: /readyz answers for one
+    worker, so the first requests can reach another that is still warming up."""
     data = json.dumps(body).encode()
-    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
-    started = time.perf_counter()
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            status, payload = response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        status, payload = exc.code, json.loads(exc.read() or b"{}")
+    for attempt in range(RETRIES + 1):
+        request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+        started = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read()), time.perf_counter() - started
+        except urllib.error.HTTPError as exc:
+            status, payload = exc.code, json.loads(exc.read() or b"{}")
+            retry_after = exc.headers.get("Retry-After")
+        if status not in (429, 503) or retry_after is None or attempt == RETRIES:
+            break
+        time.sleep(min(float(retry_after), 5.0))
     return status, payload, time.perf_counter() - started
 
 
@@ -110,17 +122,19 @@ def try_out(url: str, texts: list[Any], labels: list[Any], origin: str) -> None:
             )
         )
     rows: dict[str, dict[str, list[float]]] = {}
-    failures = 0
+    failures: Counter[str] = Counter()
     for (status, body, seconds), truth in zip(results, labels, strict=True):
         if status != 200:
-            failures += 1
+            failures[f"{status} {body.get('kind', '?')}: {body.get('error', '')}"] += 1
             continue
         label_names = names[body["variant"]]
         expected = label_names[int(truth)] if str(truth).isdigit() else str(truth)
         row = rows.setdefault(body["variant"], {"correct": [], "latency": []})
         row["correct"].append(float(body["label"] == expected))
         row["latency"].append(seconds * 1000)
-    print(f"\ntuneserve at {url}: {len(texts)} sentences from {origin}, {failures} failed")
+    failed = sum(failures.values())
+    why = f" ({', '.join(f'{n} x {kind}' for kind, n in failures.most_common())})" if failed else ""
+    print(f"\ntuneserve at {url}: {len(texts)} sentences from {origin}, {failed} failed{why}")
     print(
         f"{'variant':<12}{'version':<34}{'requests':>9}{'accuracy':>10}{'p50 ms':>8}{'p99 ms':>8}"
     )

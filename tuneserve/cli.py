@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="once ready, send N labelled sentences from --texts, print a table, and stop",
     )
     srv.add_argument("--texts", help="labelled split for --try (sentence and label columns)")
-    srv.set_defaults(handler=_serve)
+    srv.set_defaults(handler=_serve, interrupted="stopped")
 
     rep = sub.add_parser("ab-report", help="print the A/B report from the experiment store")
     rep.add_argument(
@@ -322,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = "interrupted: nothing of the unfinished run was kept"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; a TuneserveError becomes one line on stderr and exit code 1."""
     args = build_parser().parse_args(argv)
@@ -346,8 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: nothing of the unfinished run was kept", file=sys.stderr)
+    except KeyboardInterrupt:  # or SIGTERM
+        print(getattr(args, "interrupted", INTERRUPTED), file=sys.stderr)
         return 130
     finally:
         if in_main:

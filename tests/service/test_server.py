@@ -192,6 +192,30 @@ def test_cli_serve_try_out_prints_a_table_per_variant(
     assert main(["serve", "--config", str(tmp_path / "absent.toml")]) == 1
 
 
+def test_tuneserve_serve_stops_on_sigterm_saying_so(
+    tmp_path: Path, tiny_exports: dict[str, Path]
+) -> None:
+    """What `loadtest --serve` and process managers do: SIGTERM is the normal stop of a server,
+    reported as such (not as an interrupted run)."""
+    import os
+
+    from service.launch import stop_process, wait_ready
+    from tests.service.conftest import free_port
+
+    config, port = _config(tmp_path, tiny_exports, workers=1), free_port()
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuneserve.cli", "serve", "--config", str(config), "--port",
+         str(port)], cwd=REPO, env=env, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, timeout_s=120)
+    finally:
+        stop_process(proc)
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    assert "stopped" in stderr.splitlines()[-1] and "unfinished run" not in stderr, stderr[-1500:]
+
+
 def test_feedback_under_load_is_all_stored_and_the_log_flushed_on_shutdown(
     tmp_path: Path, tiny_exports: dict[str, Path], start_server: Any
 ) -> None:

@@ -1,0 +1,60 @@
+"""The `serve --try` client honours Retry-After, against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from service import launch
+
+
+class _Answers(BaseHTTPRequestHandler):
+    """Answers each POST with the next (status, headers) of the server's script."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        server: Any = self.server
+        status, headers = server.script.pop(0) if server.script else (200, {})
+        server.seen += 1
+        body = json.dumps({"kind": "overloaded"} if status != 200 else {"label": "ok"}).encode()
+        self.send_response(status)
+        for name, value in {"Content-Type": "application/json", **headers}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[Any]:
+    httpd: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    httpd.script, httpd.seen = [], 0
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+
+
+def test_a_503_with_retry_after_is_retried_until_it_succeeds(server: Any) -> None:
+    url = f"http://127.0.0.1:{server.server_address[1]}/predict"
+    server.script = [(503, {"Retry-After": "0"}), (429, {"Retry-After": "0"})]
+    status, body, _ = launch._post(url, {"text": "x"})
+    assert (status, body, server.seen) == (200, {"label": "ok"}, 3)
+
+
+def test_other_errors_and_a_503_without_retry_after_are_not_retried(server: Any) -> None:
+    url = f"http://127.0.0.1:{server.server_address[1]}/predict"
+    server.script = [(503, {}), (200, {})]
+    assert launch._post(url, {"text": "x"})[0] == 503 and server.seen == 1
+    server.script = [(400, {"Retry-After": "0"})]
+    assert launch._post(url, {"text": "x"})[0] == 400 and server.seen == 2
+    server.script = [(503, {"Retry-After": "0"})] * (launch.RETRIES + 1)
+    assert launch._post(url, {"text": "x"})[0] == 503 and server.seen == 3 + launch.RETRIES
