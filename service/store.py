@@ -168,6 +168,12 @@ class Store:
                 self.conn.execute("ROLLBACK")
                 raise
 
+    def _rows(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Every row of one read query, under the connection's lock."""
+        with self._lock:
+            rows: list[Any] = self.conn.execute(statement, params).fetchall()
+        return rows
+
     def log_predictions(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert prediction rows in one transaction (ids already present are kept)."""
         self.log_rows("predictions", rows)
@@ -265,10 +271,7 @@ class Store:
 
     def history(self) -> list[tuple[float, dict[str, Any]]]:
         """Every recorded change, oldest first."""
-        with self._lock:
-            rows = self.conn.execute(
-                "SELECT ts, change FROM experiment_history ORDER BY id"
-            ).fetchall()
+        rows = self._rows("SELECT ts, change FROM experiment_history ORDER BY id")
         return [(float(ts), json.loads(change)) for ts, change in rows]
 
     def traffic_summary(
@@ -278,25 +281,23 @@ class Store:
         request (of the experiment ``salt`` names), counted in the database; ``unit`` is
         ``user``, ``request``, ``forced`` or ``excluded``."""
         where, params = _of_experiment(salt)
-        with self._lock:
-            rows = self.conn.execute(
-                "SELECT variant, unit, CASE WHEN ts >= ? THEN 1 ELSE 0 END, "
-                "CASE WHEN error IS NULL OR error = '' THEN 0 ELSE 1 END, COUNT(*) "
-                f"FROM predictions WHERE {where} GROUP BY 1, 2, 3, 4",
-                (since, *params),
-            ).fetchall()
+        rows = self._rows(
+            "SELECT variant, unit, CASE WHEN ts >= ? THEN 1 ELSE 0 END, "
+            "CASE WHEN error IS NULL OR error = '' THEN 0 ELSE 1 END, COUNT(*) "
+            f"FROM predictions WHERE {where} GROUP BY 1, 2, 3, 4",
+            (since, *params),
+        )
         return [(str(v), str(u), bool(c), bool(f), int(n)) for v, u, c, f, n in rows]
 
     def latencies(self, salt: str | None = None) -> dict[str, list[float]]:
         """Per variant, the latency in ms of every request of the experiment that was answered
         (not forced, not excluded, not failed)."""
         where, params = _of_experiment(salt)
-        with self._lock:
-            rows = self.conn.execute(
-                "SELECT variant, latency_ms FROM predictions WHERE unit <> 'forced' "
-                f"AND unit <> 'excluded' AND (error IS NULL OR error = '') AND {where}",
-                params,
-            ).fetchall()
+        rows = self._rows(
+            "SELECT variant, latency_ms FROM predictions WHERE unit <> 'forced' "
+            f"AND unit <> 'excluded' AND (error IS NULL OR error = '') AND {where}",
+            params,
+        )
         out: dict[str, list[float]] = {}
         for variant, latency in rows:
             out.setdefault(str(variant), []).append(float(latency))
@@ -308,13 +309,12 @@ class Store:
         """(variant, requests stamped at or before ``settled_until``, all requests) of the
         experiment's traffic (not forced, not excluded) stamped after ``after``."""
         where, params = _of_experiment(salt)
-        with self._lock:
-            rows = self.conn.execute(
-                "SELECT variant, SUM(CASE WHEN ts <= ? THEN 1 ELSE 0 END), COUNT(*) "
-                "FROM predictions WHERE ts > ? AND forced = 0 AND unit <> 'excluded' "
-                f"AND {where} GROUP BY variant",
-                (settled_until, after, *params),
-            ).fetchall()
+        rows = self._rows(
+            "SELECT variant, SUM(CASE WHEN ts <= ? THEN 1 ELSE 0 END), COUNT(*) "
+            "FROM predictions WHERE ts > ? AND forced = 0 AND unit <> 'excluded' "
+            f"AND {where} GROUP BY variant",
+            (settled_until, after, *params),
+        )
         return [(str(v), int(settled), int(n)) for v, settled, n in rows]
 
     def outcomes_after(
@@ -325,14 +325,13 @@ class Store:
         in the order the feedback arrived (its time, then the prediction id)."""
         where, params = _of_experiment(salt, "p.")
         marks = ", ".join("?" for _ in variants)
-        with self._lock:
-            rows = self.conn.execute(
-                "SELECT f.ts, p.variant, p.label = f.label FROM feedback f "
-                "JOIN predictions p ON p.id = f.prediction_id "
-                f"WHERE f.ts > ? AND p.ts >= ? AND p.variant IN ({marks}) AND p.forced = 0 "
-                f"AND p.unit <> 'excluded' AND {where} ORDER BY f.ts, f.prediction_id",
-                (after, since, *variants, *params),
-            ).fetchall()
+        rows = self._rows(
+            "SELECT f.ts, p.variant, p.label = f.label FROM feedback f "
+            "JOIN predictions p ON p.id = f.prediction_id "
+            f"WHERE f.ts > ? AND p.ts >= ? AND p.variant IN ({marks}) AND p.forced = 0 "
+            f"AND p.unit <> 'excluded' AND {where} ORDER BY f.ts, f.prediction_id",
+            (after, since, *variants, *params),
+        )
         return [(float(ts), str(v), bool(ok)) for ts, v, ok in rows]
 
     def labelled(
@@ -344,24 +343,22 @@ class Store:
         for, traffic outside the coverage never."""
         forced = "" if include_forced else "AND p.forced = 0"
         where, params = _of_experiment(salt, "p.")
-        with self._lock:
-            rows = self.conn.execute(
-                "SELECT p.variant, p.ts, p.label = f.label, p.latency_ms FROM predictions p "
-                "JOIN feedback f ON f.prediction_id = p.id "
-                f"WHERE p.unit <> 'excluded' {forced} AND {where} "
-                "ORDER BY f.ts, f.prediction_id",
-                params,
-            ).fetchall()
+        rows = self._rows(
+            "SELECT p.variant, p.ts, p.label = f.label, p.latency_ms FROM predictions p "
+            "JOIN feedback f ON f.prediction_id = p.id "
+            f"WHERE p.unit <> 'excluded' {forced} AND {where} "
+            "ORDER BY f.ts, f.prediction_id",
+            params,
+        )
         return [(str(v), float(ts), bool(ok), float(lat)) for v, ts, ok, lat in rows]
 
     def shadow_pairs(self) -> list[tuple[str, str, str, str, str | None]]:
         """(shadow variant, live variant, live label, shadow label, true label or None) of
         every shadow-scored prediction."""
-        with self._lock:
-            rows = self.conn.execute(
-                "SELECT s.variant, s.live_variant, s.live_label, s.label, f.label FROM shadow s "
-                "LEFT JOIN feedback f ON f.prediction_id = s.prediction_id"
-            ).fetchall()
+        rows = self._rows(
+            "SELECT s.variant, s.live_variant, s.live_label, s.label, f.label FROM shadow s "
+            "LEFT JOIN feedback f ON f.prediction_id = s.prediction_id"
+        )
         return [(str(a), str(b), str(c), str(d), None if e is None else str(e))
                 for a, b, c, d, e in rows]  # fmt: skip
 
