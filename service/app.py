@@ -29,7 +29,7 @@ from service.model import read_export
 from service.predictor import Predictor, check_text, check_texts, check_user_id
 from service.report import build_report, format_report
 from service.report_page import render_page
-from service.workers import all_workers_alive
+from service.workers import all_live_workers_ready, all_workers_alive
 from tuneserve.errors import TuneserveError
 
 
@@ -147,7 +147,8 @@ class Tuneserve:
         self.predictor.start_warm_up()
 
     def __is_ready__(self) -> bool:
-        return self.predictor.ready
+        # and no sibling worker still warming up: it would answer 503 (service/workers.py)
+        return self.predictor.ready and all_live_workers_ready()
 
     def __is_alive__(self) -> bool:
         # also false when a sibling worker died and BentoML will not replace it (service/workers.py)

@@ -34,6 +34,7 @@ from service.routing import Assignment, Router
 from service.shadow import ShadowJob, ShadowScorer
 from service.stats import sample_ratio_check
 from service.store import Store, unit_hash
+from service.workers import mark_ready
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +272,7 @@ class Predictor:
             return
         self.ready = True
         metrics.READY.set(1)
+        mark_ready()  # for the sibling workers' /readyz (service/workers.py)
         logger.info("warm-up done in %.2f s; ready", time.perf_counter() - started)
 
     def start_warm_up(self) -> threading.Thread:

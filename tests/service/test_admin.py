@@ -133,8 +133,7 @@ def test_a_change_reaches_every_worker_within_a_second(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.setenv("TUNESERVE_ADMIN_TOKEN", TOKEN)
-    server = start_server(_config(tmp_path, tiny_exports, workers=2))
-    time.sleep(2)  # /readyz answered from one worker: let the other finish starting too
+    server = start_server(_config(tmp_path, tiny_exports, workers=2))  # both workers ready
     auth = {"Authorization": f"Bearer {TOKEN}"}
     r = httpx.put(f"{server.url}/ab/config", json={"disable": ["tuned"]}, headers=auth)
     assert r.status_code == 200
