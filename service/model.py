@@ -155,7 +155,7 @@ class VariantModel:
 
 def _quantization_name(details: dict[str, Any]) -> str:
     """What the model_info metric and GET /models call the serving model's numerics, naming
-    each fidelity step the export applied, e.g. ``int8-dynamic-avx512_vnni+smoothed4+blockwise3
+    each fidelity step the export applied, e.g. ``int8-dynamic-avx512_vnni+smoothed16+blockwise3
     +row-emb`` (nodes smoothed, MatMuls block-wise, per-row int8 embeddings)."""
     quant = details.get("quantization")
     if not isinstance(quant, dict):
