@@ -114,10 +114,16 @@ def traffic_tsv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tuneserve_server(
     tiny_exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    """A real `bentoml serve` of two tiny INT8 variants (baseline and tuned), one worker."""
+    """A real `bentoml serve` of two tiny INT8 variants (baseline and tuned), one worker.
+
+    The accuracy guardrail is off: the tiny random models' accuracies differ by chance, and the
+    feedback these tests post once took tuned out of rotation (p = 0.009 on 742 labels), leaving
+    a later run without tuned traffic. The guardrails have their own tests."""
     root = tmp_path_factory.mktemp("loadtest-server")
     variants = {"baseline": tiny_exports["head"], "tuned": tiny_exports["lora"]}
-    config = write_serving_config(root / "serving.toml", variants, "baseline", workers=1)
+    config = write_serving_config(
+        root / "serving.toml", variants, "baseline", workers=1, guardrails={"accuracy": False}
+    )
     server = Server(config, root / "bentoml-home", root / "server.log")
     try:
         server.wait_ready()
