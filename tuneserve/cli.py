@@ -164,8 +164,17 @@ def _served(config: str, host: str) -> Iterator[None]:
         stop_process(server)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C (whatever catches KeyboardInterrupt to clean up catches it).
+
+    A subclass on purpose. CI once saw a SIGTERM'd training end with status -2 (by SIGINT)
+    although ``main`` had caught the interrupt and returned 130. The likely cause: CPython
+    notes a KeyboardInterrupt of exactly that type escaping Python code that C code (torch's)
+    ran, and at exit ends the process by SIGINT; a subclass does not match that check."""
+
+
 def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
