@@ -19,16 +19,17 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from service.admin import check_token
 from service.config import ServingConfig, load_serving_config
 from service.errors import InvalidInputError, NotFoundError, ServiceError
+from service.experiment.changes import check_token
 from service.ids import load_key
 from service.logs import install_request_text_filter, install_service_logging
 from service.middleware import GuardMiddleware
 from service.model import read_export
-from service.predictor import Predictor, check_text, check_texts, check_user_id
+from service.predictor import Predictor
 from service.report import build_report, format_report
 from service.report_page import render_page
+from service.validation import check_text, check_texts, check_user_id
 from service.workers import all_live_workers_ready, all_workers_alive
 from tuneserve.errors import TuneserveError
 
@@ -102,14 +103,14 @@ async def _ab_config(request: Request) -> Response:
     try:
         predictor = _predictor(request)
         if request.method == "GET":
-            return JSONResponse(predictor.config_summary())
+            return JSONResponse(predictor.experiment.summary())
         check_token(request.headers.get("authorization"), predictor.settings.admin_token_env)
         try:
             body = await request.json()
         except ValueError:
             raise InvalidInputError("the body is not valid JSON") from None
         loop = asyncio.get_running_loop()
-        return JSONResponse(await loop.run_in_executor(None, predictor.change_state, body))
+        return JSONResponse(await loop.run_in_executor(None, predictor.experiment.change, body))
     except ServiceError as error:
         return _error_response(error)
 
@@ -172,10 +173,10 @@ class Tuneserve:
             unit = check_user_id(
                 ctx.request.headers.get(USER_ID_HEADER) if user_id is None else user_id
             )
-            _, _, answers = await self.predictor.predict(texts, forced=variant, user_id=unit)
+            answers = await self.predictor.predict(texts, forced=variant, user_id=unit)
         except ServiceError as error:
             return _error_response(error, ctx)  # type: ignore[return-value]
-        answer = answers[0]
+        answer = answers.predictions[0]
         return JSONResponse(answer, headers={"X-Model-Variant": answer["variant"]})  # type: ignore[return-value]
 
     @bentoml.api(route="/predict_batch")
@@ -192,17 +193,15 @@ class Tuneserve:
             unit = check_user_id(
                 ctx.request.headers.get(USER_ID_HEADER) if user_id is None else user_id
             )
-            assignment, model, answers = await self.predictor.predict(
-                checked, forced=variant, user_id=unit
-            )
+            answers = await self.predictor.predict(checked, forced=variant, user_id=unit)
         except ServiceError as error:
             return _error_response(error, ctx)  # type: ignore[return-value]
         body = {
-            "variant": assignment.variant,
-            "model_version": model.version,
-            "predictions": answers,
+            "variant": answers.variant,
+            "model_version": answers.model_version,
+            "predictions": answers.predictions,
         }
-        return JSONResponse(body, headers={"X-Model-Variant": assignment.variant})  # type: ignore[return-value]
+        return JSONResponse(body, headers={"X-Model-Variant": answers.variant})  # type: ignore[return-value]
 
     @bentoml.api(route="/feedback")
     async def feedback(

@@ -12,18 +12,15 @@ restart; the admin API's ``enable`` puts the variant back.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from service.config import GuardrailConfig
-from service.stats import always_valid_p_values
+from service.stats import Counts, p99, path_end
 
 
 @dataclass(frozen=True)
@@ -33,12 +30,6 @@ class Trip:
     variant: str
     kind: str  # error_rate, p99_latency, accuracy
     detail: dict[str, Any] = field(default_factory=dict)
-
-
-def p99(values: list[float]) -> float:
-    """The 99th percentile (nearest rank) of ``values``."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
 class Guardrails:
@@ -91,44 +82,6 @@ class Guardrails:
         return trips
 
 
-Counts = tuple[int, int, int, int]  # (successes_control, n_control, successes_chall., n_chall.)
-
-
-def arm_checkpoints(
-    outcomes: Iterable[tuple[str, bool]],
-    control: str,
-    challenger: str,
-    start: Counts = (0, 0, 0, 0),
-) -> np.ndarray:
-    """Cumulative counts (one row of ``Counts`` per outcome of either arm) after each
-    ``(variant, correct)`` outcome, in the order given: the always-valid test's path. ``start``:
-    the counts before the first, to continue a path read in pieces."""
-    arms = [(v == control, ok) for v, ok in outcomes if v in (control, challenger)]
-    if not arms:
-        return np.zeros((0, 4), dtype=np.int64)
-    is_a, correct = np.array(arms, dtype=bool).T
-    is_b = ~is_a
-    columns = (is_a & correct, is_a, is_b & correct, is_b)
-    return np.stack([np.cumsum(c) + s for c, s in zip(columns, start, strict=True)], axis=1)
-
-
-def path_end(
-    outcomes: Iterable[tuple[str, bool]],
-    control: str,
-    challenger: str,
-    tau: float,
-    start: Counts = (0, 0, 0, 0),
-    running: float = 1.0,
-) -> tuple[Counts, float]:
-    """The counts and the always-valid p-value at the end of the path through ``outcomes``,
-    continuing from ``start`` and the p-value ``running`` reached before them."""
-    checkpoints = arm_checkpoints(outcomes, control, challenger, start)
-    if not len(checkpoints):
-        return start, running
-    s_a, n_a, s_b, n_b = (int(x) for x in checkpoints[-1])
-    return (s_a, n_a, s_b, n_b), always_valid_p_values(checkpoints, tau, running)[-1]
-
-
 def accuracy_trip(challenger: str, counts: Counts, p_value: float, alpha: float) -> Trip | None:
     """A trip when the challenger's accuracy is below the control's and the always-valid
     p-value of the path so far is at most ``alpha``."""
@@ -161,7 +114,7 @@ def accuracy_trips(
     return trips
 
 
-def enabled_since(history: list[tuple[float, dict[str, Any]]], variant: str) -> float:
+def enabled_since(history: Sequence[tuple[float, dict[str, Any]]], variant: str) -> float:
     """When ``variant`` was last put back in rotation (0: never taken out), from the history of
     state changes; the accuracy guardrail judges it only on what it answered since."""
     for ts, change in reversed(history):

@@ -24,7 +24,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from service.guardrails import Counts, Trip, accuracy_trip, path_end
+from service.guardrails import Trip, accuracy_trip
+from service.stats import Counts, path_end
 from service.store import Store
 
 SETTLE_S = 60.0  # how late a row may land and still be counted by the monitors at once
@@ -104,11 +105,11 @@ class AccuracyMonitor:
                 path = self._paths[name] = _Path(salt, start, until=before(start - self.settle_s))
             rows = store.outcomes_after(path.until, start, (self.control, name), salt)
             self.rows_read += len(rows)
-            split = next((i for i, row in enumerate(rows) if row[0] > horizon), len(rows))
-            settled = [(variant, ok) for _, variant, ok in rows[:split]]
+            split = next((i for i, row in enumerate(rows) if row.ts > horizon), len(rows))
+            settled = [(row.variant, row.correct) for row in rows[:split]]
             path.counts, path.p_value = path.extended(settled, self.control, name, self.tau)
             path.until = max(path.until, horizon)
-            fresh = [(variant, ok) for _, variant, ok in rows[split:]]
+            fresh = [(row.variant, row.correct) for row in rows[split:]]
             counts, p_value = path.extended(fresh, self.control, name, self.tau)
             trip = accuracy_trip(name, counts, p_value, self.alpha)
             if trip is not None:
@@ -138,9 +139,9 @@ class TrafficMonitor:
         horizon = max(self._until, now - self.settle_s)
         fresh: Counter[str] = Counter()
         self.rows_counted = 0
-        for variant, settled, total in store.traffic_after(self._until, horizon, salt):
-            self._settled[variant] += settled
-            fresh[variant] += total - settled
-            self.rows_counted += total
+        for row in store.traffic_after(self._until, horizon, salt):
+            self._settled[row.variant] += row.settled
+            fresh[row.variant] += row.requests - row.settled
+            self.rows_counted += row.requests
         self._until = horizon
         return dict(self._settled + fresh)

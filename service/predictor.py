@@ -1,87 +1,56 @@
-"""The prediction path without HTTP: validate, route, run under a deadline, answer, count.
+"""The prediction path without HTTP: route, run under a deadline, answer, log, count.
 
-``Predictor`` holds every variant's model and runner for one worker. The BentoML service (app.py)
-only parses HTTP and calls it, so the same path runs in tests without a server.
+``Predictor`` holds every variant's model and runner for one worker, and the worker's experiment
+(service/experiment/), which chooses the variant. It takes texts already checked
+(service/validation.py). The BentoML service (app.py) only parses HTTP and calls it, so the same
+path runs in tests without a server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from service import metrics
-from service.admin import ExperimentState, apply_change, disable_variant, fits, initial_state
 from service.batching import Runner, make_runner
 from service.config import ServingConfig
-from service.errors import (
-    DeadlineError,
-    InvalidInputError,
-    NotFoundError,
-    OverloadedError,
-    PayloadTooLargeError,
-)
-from service.guardrails import Guardrails, Trip, enabled_since
+from service.errors import DeadlineError, InvalidInputError, NotFoundError, OverloadedError
+from service.experiment import Experiment
 from service.ids import PredictionIds, load_key
 from service.model import VariantModel
-from service.monitors import AccuracyMonitor, TrafficMonitor
 from service.predlog import PredictionLog
-from service.routing import Assignment, Router
+from service.routing import Assignment
 from service.shadow import ShadowJob, ShadowScorer
-from service.stats import sample_ratio_check
 from service.store import Store, unit_hash
 from service.workers import mark_ready
 
 logger = logging.getLogger(__name__)
 
-STATE_POLL_S = 0.5  # how often a worker checks the store for a changed experiment state
-STORE_CHECKS_EVERY = 5  # guardrail intervals between checks that read the store (accuracy, SRM)
-
 # Beyond this many characters, tokenising leaves the event loop for a worker thread.
 _LOOP_TOKENIZE_CHARS = 20_000
 
 
-def check_texts(texts: Any, max_texts: int) -> list[str]:
-    """The texts of a request, or an error naming what is wrong with them."""
-    if not isinstance(texts, list) or not texts:
-        raise InvalidInputError("texts must be a non-empty list of strings")
-    if len(texts) > max_texts:
-        raise PayloadTooLargeError(
-            f"texts holds {len(texts)} items; at most {max_texts} per request "
-            "(split the batch, or raise limits.max_batch_texts)"
-        )
-    return [check_text(text, f"texts[{i}]") for i, text in enumerate(texts)]
+@dataclass(frozen=True)
+class Answers:
+    """What one request got: the variant that answered (and how it was chosen), that model's
+    version, and one answer per text, in input order."""
 
+    assignment: Assignment
+    model_version: str
+    predictions: list[dict[str, Any]]
 
-MAX_USER_ID_CHARS = 256
-
-
-def check_user_id(value: Any) -> str | None:
-    """A user id (the A/B unit), or None; an empty or oversized id is an error."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInputError("user_id must be a non-empty string (or left out)")
-    if len(value) > MAX_USER_ID_CHARS:
-        raise InvalidInputError(f"user_id is longer than {MAX_USER_ID_CHARS} characters")
-    return value
-
-
-def check_text(text: Any, where: str = "text") -> str:
-    """One text, or an error naming what is wrong with it."""
-    if not isinstance(text, str):
-        raise InvalidInputError(f"{where} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise InvalidInputError(f"{where} is empty or whitespace: send some text")
-    return text
+    @property
+    def variant(self) -> str:
+        return self.assignment.variant
 
 
 class Predictor:
-    """Every variant of one worker: models, runners, router, readiness."""
+    """Every variant of one worker: models, runners, the experiment, readiness."""
 
     def __init__(self, settings: ServingConfig) -> None:
         self.settings = settings
@@ -98,11 +67,6 @@ class Predictor:
             )
             for name, model in self.models.items()
         }
-        self.state = initial_state(settings)
-        self.state_version = 0
-        self.router = Router(
-            self.state.effective_weights(), control=settings.control.name, salt=self.state.salt
-        )
         experiment = settings.experiment
         self.ids = PredictionIds(load_key(experiment.id_key_env, experiment.id_key_file))
         store_at = settings.store.location()  # a SQLite file or a PostgreSQL URL
@@ -115,27 +79,14 @@ class Predictor:
         self.idle = threading.Event()  # set while no prediction is in flight in this worker
         self.idle.set()
         self._inflight = 0
-        self._rng = random.Random()
-        challengers = [n for n in settings.variant_names() if n != settings.control.name]
-        self.guardrails = Guardrails(settings.guardrails, challengers)
-        self.accuracy = AccuracyMonitor(
-            settings.control.name, settings.guardrails.accuracy_alpha, experiment.msprt_tau
-        )
-        self.traffic = TrafficMonitor()
         self.shadow = ShadowScorer(
             self.log, self.idle, settings.shadow.max_pending, settings.shadow.max_age_ms
         )
-        self._load_state(seed=True)
-        self._stop_polling = threading.Event()
-        self._poller = threading.Thread(
-            target=self._poll_state, name="tuneserve-state", daemon=True
-        )
-        self._poller.start()
+        self.experiment = Experiment(settings, self.store)  # sets the weight gauges
         self.ready = False
         self.warmup_error: BaseException | None = None
         for variant in settings.variants:
             model = self.models[variant.name]
-            metrics.WEIGHT.labels(variant=variant.name).set(self.router.shares[variant.name])
             metrics.MODEL_INFO.labels(
                 variant=variant.name,
                 version=model.version,
@@ -150,115 +101,6 @@ class Predictor:
             settings.threads,
             settings.ort_threads(),
         )
-
-    def _load_state(self, seed: bool = False) -> None:
-        """Adopt the stored experiment state (seeding it from the config on first start)."""
-        version, stored = self.store.get_state()
-        state = ExperimentState.from_json(stored) if stored else None
-        if state is None or not fits(state, self.settings):
-            if not seed:
-                return
-            if state is not None:
-                logger.warning("the serving config changed since the stored experiment state: "
-                               "starting from the config")  # fmt: skip
-            fresh = initial_state(self.settings)
-            seeded = self.store.put_state(fresh.to_json(), {"by": "config"}, version)
-            if seeded is None:  # another worker seeded it first: adopt that one
-                self._load_state(seed=True)
-                return
-            state, version = fresh, seeded
-        self._apply_state(state, version)
-
-    def _apply_state(self, state: ExperimentState, version: int) -> None:
-        self.router = Router(
-            state.effective_weights(),
-            control=self.settings.control.name,
-            salt=state.salt,
-            coverage=state.coverage,
-        )
-        for name in set(self.state.disabled) - set(state.disabled):
-            self.guardrails.reset(name)  # back in rotation: judged afresh
-        self.state, self.state_version = state, version
-        for name, share in self.router.shares.items():
-            metrics.WEIGHT.labels(variant=name).set(share)
-            metrics.VARIANT_ENABLED.labels(variant=name).set(0 if name in state.disabled else 1)
-        logger.info("using experiment state version %d: shares %s", version, self.router.shares)
-
-    def _poll_state(self) -> None:
-        """Adopt state changes; check the guardrails and the sample ratio now and then."""
-        interval_s = self.settings.guardrails.check_interval_s
-        next_window = next_store = time.monotonic() + interval_s
-        while not self._stop_polling.wait(min(STATE_POLL_S, interval_s)):
-            try:
-                if self.store.state_version() != self.state_version:
-                    self._load_state()
-                now = time.monotonic()
-                if now >= next_window:
-                    next_window = now + interval_s
-                    self._check_window()
-                if now >= next_store:
-                    next_store = now + interval_s * STORE_CHECKS_EVERY
-                    self._check_store()
-            except Exception as exc:  # a busy or failing store must not stop the poller
-                logger.warning("experiment state poll failed: %s", type(exc).__name__)
-
-    def _check_window(self) -> None:
-        if self.settings.guardrails.enabled:
-            for trip in self.guardrails.check(skip=self.state.disabled):
-                self._trip(trip)
-
-    def _check_store(self) -> None:
-        """The checks that read the store: accuracy guardrail, sample-ratio gauges."""
-        settings = self.settings
-        guard = settings.guardrails
-        history = self.store.history()
-        if guard.enabled and guard.accuracy:
-            since = {  # put back by the admin: judged afresh, on what it answered since
-                name: enabled_since(history, name)
-                for name in self.guardrails.windows
-                if name not in self.state.disabled
-            }
-            for trip in self.accuracy.check(self.store, self.state.salt, since):
-                self._trip(trip)
-        since_change = history[-1][0] if history else 0.0  # the split is judged since then
-        srm = sample_ratio_check(
-            self.traffic.counts(self.store, self.state.salt, since_change), self.router.shares
-        )
-        metrics.SAMPLE_RATIO_P_VALUE.set(srm.p_value)
-        metrics.SAMPLE_RATIO_MISMATCH.set(int(srm.mismatch))
-
-    def _trip(self, trip: Trip) -> None:
-        """Take a challenger out of rotation: stored (so every worker follows), logged, counted."""
-        for _ in range(3):  # compare-and-set against concurrent admin changes or other workers
-            version, stored = self.store.get_state()
-            state = ExperimentState.from_json(stored) if stored else self.state
-            if trip.variant in state.disabled:
-                return
-            reason = {"kind": trip.kind, "detail": trip.detail}
-            new_state, change = disable_variant(state, trip.variant, reason)
-            new_version = self.store.put_state(new_state.to_json(), change, version)
-            if new_version is not None:
-                metrics.GUARDRAIL_TRIPS.labels(variant=trip.variant, kind=trip.kind).inc()
-                logger.warning("guardrail: %s taken out of rotation (%s: %s)", trip.variant,
-                               trip.kind, trip.detail)  # fmt: skip
-                self._apply_state(new_state, new_version)
-                return
-
-    def change_state(self, body: Any) -> dict[str, Any]:
-        """Apply an admin change: validated, stored (with history), adopted here at once."""
-        state, change = apply_change(self.state, body, self.settings)
-        version = self.store.put_state(state.to_json(), change) or 0
-        self._apply_state(state, version)
-        logger.info("experiment state changed to version %d", version)
-        return self.config_summary()
-
-    def config_summary(self) -> dict[str, Any]:
-        """GET /ab/config."""
-        return self.state.to_json() | {
-            "version": self.state_version,
-            "control": self.settings.control.name,
-            "shares": self.router.shares,
-        }
 
     def warm_up(self) -> None:
         """Run every model a few times, then mark the worker ready."""
@@ -283,7 +125,7 @@ class Predictor:
 
     async def predict(
         self, texts: list[str], forced: str | None = None, user_id: str | None = None
-    ) -> tuple[Assignment, VariantModel, list[dict[str, Any]]]:
+    ) -> Answers:
         """Answers for ``texts`` (already checked) from one variant, under the deadline.
 
         ``user_id`` makes the assignment sticky; ``forced`` names the variant outright."""
@@ -293,7 +135,7 @@ class Predictor:
                 headers={"Retry-After": str(self.settings.limits.retry_after_s)},
             )
         started = time.perf_counter()
-        router = self.router  # one state for the whole request, even if a change lands meanwhile
+        router = self.experiment.router  # one state for the whole request, whatever lands
         assignment = router.choose(user_id=user_id, forced=forced)
         model = self.models[assignment.variant]
         hashed = unit_hash(self.settings.experiment.salt, user_id) if user_id else None
@@ -311,7 +153,7 @@ class Predictor:
                 self.idle.set()
         answers = []
         now, latency_ms = time.time(), (time.perf_counter() - started) * 1000
-        self.guardrails.record(assignment.variant, latency_ms, failed=False)
+        self.experiment.record(assignment.variant, latency_ms, failed=False)
         for text, row, encoding in zip(texts, probs, encodings, strict=True):
             prediction = model.answer(row, encoding)
             self._count(assignment, prediction.label, prediction.score, prediction.truncated)
@@ -337,7 +179,7 @@ class Predictor:
                 }
             )
         self._offer_shadow(assignment, texts, answers)
-        return assignment, model, answers
+        return Answers(assignment, model.version, answers)
 
     async def _run(self, model: VariantModel, texts: list[str]) -> tuple[Any, list[Any]]:
         """Tokenise and run ``texts`` on ``model`` within the deadline."""
@@ -392,7 +234,7 @@ class Predictor:
         """A routed request failed: one error row per text (the report's error rate), and the
         variant's guardrail window."""
         latency_ms = (time.perf_counter() - started) * 1000
-        self.guardrails.record(assignment.variant, latency_ms, failed=True)
+        self.experiment.record(assignment.variant, latency_ms, failed=True)
         now = time.time()
         for _ in texts:
             row = self._row(assignment, model, self.ids.new(), now, hashed, latency_ms, salt)
@@ -402,11 +244,8 @@ class Predictor:
         self, assignment: Assignment, texts: list[str], answers: list[dict[str, Any]]
     ) -> None:
         """Hand a sampled share of requests to the shadow variant (scored after answering)."""
-        state = self.state
-        shadow = state.shadow_variant
-        if not shadow or shadow == assignment.variant or state.shadow_share <= 0:
-            return
-        if self._rng.random() >= state.shadow_share:
+        shadow = self.experiment.shadow_for(assignment.variant)
+        if shadow is None:
             return
         self.shadow.offer(
             ShadowJob(
@@ -453,7 +292,7 @@ class Predictor:
             "device": self.settings.device,
             "control": self.settings.control.name,
             "variants": [
-                self.models[v.name].summary() | {"weight": self.router.shares[v.name]}
+                self.models[v.name].summary() | {"weight": self.experiment.router.shares[v.name]}
                 for v in self.settings.variants
             ],
         }
@@ -463,8 +302,7 @@ class Predictor:
         for runner in self.runners.values():
             await runner.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self._stop_polling.set()
-        self._poller.join(2)
+        self.experiment.close()
         self.shadow.close()
         self.log.close()
         self.store.close()

@@ -16,17 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from service.admin import ExperimentState, initial_state
 from service.config import ServingConfig
-from service.guardrails import path_end
+from service.experiment.state import ExperimentState, read_state
 from service.stats import (
+    SRM_ALPHA,
     mcnemar_exact,
+    path_end,
     sample_ratio_check,
     samples_needed,
     two_proportion_test,
     wilson_interval,
 )
-from service.store import Store
+from service.store import Labelled, Store
 
 TIMELINE_POINTS = 60  # points per variant on the accuracy-over-time chart
 
@@ -34,30 +35,30 @@ TIMELINE_POINTS = 60  # points per variant on the accuracy-over-time chart
 def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
     """The report as JSON-ready data."""
     control = settings.control.name
-    _, stored = store.get_state()
-    state = ExperimentState.from_json(stored) if stored else initial_state(settings)
+    state = read_state(store, settings)
     history = store.history()
-    since = history[-1][0] if history else 0.0  # the split is judged under the current state
+    since = history[-1].ts if history else 0.0  # the split is judged under the current state
     shares = _shares(state)
     traffic: Counter[str] = Counter()
     current: Counter[str] = Counter()
     forced: Counter[str] = Counter()
     excluded: Counter[str] = Counter()
     errors: Counter[str] = Counter()
-    for variant, unit, is_current, failed, n in store.traffic_summary(since, state.salt):
-        if unit == "forced":
+    for count in store.traffic_summary(since, state.salt):
+        variant, n = count.variant, count.requests
+        if count.unit == "forced":
             forced[variant] += n
-        elif unit == "excluded":
+        elif count.unit == "excluded":
             excluded[variant] += n
         else:
             traffic[variant] += n
-            current[variant] += n if is_current else 0
-            errors[variant] += n if failed else 0
+            current[variant] += n if count.current else 0
+            errors[variant] += n if count.failed else 0
     latency = store.latencies(state.salt)
     labelled = store.labelled(salt=state.salt)
     outcomes: dict[str, list[bool]] = defaultdict(list)
-    for variant, _, correct, _ in labelled:
-        outcomes[variant].append(correct)
+    for row in labelled:
+        outcomes[row.variant].append(row.correct)
     variants = []
     for name in settings.variant_names():
         n, hits = len(outcomes[name]), sum(outcomes[name])
@@ -97,7 +98,7 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
             "since": since,
             "chi2": srm.chi2,
             "p_value": srm.p_value,
-            "alpha": 0.001,
+            "alpha": SRM_ALPHA,
             "mismatch": srm.mismatch,
             "warning": "SAMPLE RATIO MISMATCH: the observed split differs from the configured "
             "weights; do not trust the comparison until the cause is found"
@@ -129,8 +130,8 @@ def _shadow(store: Store) -> list[dict[str, Any]]:
     """Per shadow variant: agreement with the live answers, and McNemar's test on the pairs
     whose true label is known (live right and shadow wrong, or the other way round)."""
     by_variant: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
-    for shadow, _, live_label, shadow_label, truth in store.shadow_pairs():
-        by_variant[shadow].append((live_label, shadow_label, truth))
+    for pair in store.shadow_pairs():
+        by_variant[pair.variant].append((pair.live_label, pair.label, pair.truth))
     result = []
     for name, pairs in sorted(by_variant.items()):
         agree = sum(1 for live, shadow, _ in pairs if live == shadow)
@@ -152,14 +153,12 @@ def _shadow(store: Store) -> list[dict[str, Any]]:
     return result
 
 
-def _timeline(
-    labelled: list[tuple[str, float, bool, float]], names: list[str]
-) -> dict[str, list[list[float]]]:
+def _timeline(labelled: list[Labelled], names: list[str]) -> dict[str, list[list[float]]]:
     """Per variant, cumulative online accuracy over time: ``[ts, n, accuracy, low, high]``
     (Wilson 95%) at up to TIMELINE_POINTS evenly spaced labelled counts."""
     series: dict[str, list[tuple[float, bool]]] = defaultdict(list)
-    for variant, ts, correct, _ in sorted(labelled, key=lambda row: row[1]):  # by time answered
-        series[variant].append((ts, correct))
+    for row in sorted(labelled, key=lambda row: row.ts):  # by time answered
+        series[row.variant].append((row.ts, row.correct))
     timeline = {}
     for name in names:
         rows = series.get(name, [])
@@ -177,13 +176,13 @@ def _timeline(
 def _compare(
     control: str,
     challenger: str,
-    labelled: list[tuple[str, float, bool, float]],
+    labelled: list[Labelled],
     alpha: float,
     minimum_effect: float,
     power: float,
     tau: float,
 ) -> dict[str, Any]:
-    outcomes = ((v, ok) for v, _, ok, _ in labelled)
+    outcomes = ((row.variant, row.correct) for row in labelled)
     (s_a, n_a, s_b, n_b), sequential = path_end(outcomes, control, challenger, tau)
     test = two_proportion_test(s_a, n_a, s_b, n_b, confidence=1 - alpha)
     base_rate = s_a / n_a if n_a else 0.5

@@ -1,5 +1,6 @@
-"""A/B statistics for online accuracy: Wilson intervals, the two-proportion z-test, an always-valid
-(mSPRT) p-value, the sample-ratio-mismatch check, and labelled samples still needed.
+"""A/B statistics: Wilson intervals, the two-proportion z-test, the always-valid (mSPRT) p-value
+and its path through paired-arm outcomes, the sample-ratio-mismatch check, labelled samples still
+needed, McNemar's test, the nearest-rank p99.
 
 Standard library only (``statistics.NormalDist``, ``math``), so the report runs wherever the store
 can be read; tests check every figure against scipy and statsmodels on fixed inputs.
@@ -8,7 +9,7 @@ can be read; tests check every figure against scipy and statsmodels on fixed inp
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -16,6 +17,10 @@ from typing import Any
 import numpy as np
 
 _NORMAL = NormalDist()
+
+SRM_ALPHA = 0.001  # the sample-ratio check flags a mismatch below this p-value
+
+Counts = tuple[int, int, int, int]  # (successes_control, n_control, successes_chall., n_chall.)
 
 
 def z_quantile(probability: float) -> float:
@@ -99,6 +104,41 @@ def always_valid_p_values(checkpoints: Any, tau: float, running: float = 1.0) ->
     return list(path.tolist())
 
 
+def arm_checkpoints(
+    outcomes: Iterable[tuple[str, bool]],
+    control: str,
+    challenger: str,
+    start: Counts = (0, 0, 0, 0),
+) -> np.ndarray:
+    """Cumulative counts (one row of ``Counts`` per outcome of either arm) after each
+    ``(variant, correct)`` outcome, in the order given: the always-valid test's path. ``start``:
+    the counts before the first, to continue a path read in pieces."""
+    arms = [(v == control, ok) for v, ok in outcomes if v in (control, challenger)]
+    if not arms:
+        return np.zeros((0, 4), dtype=np.int64)
+    is_a, correct = np.array(arms, dtype=bool).T
+    is_b = ~is_a
+    columns = (is_a & correct, is_a, is_b & correct, is_b)
+    return np.stack([np.cumsum(c) + s for c, s in zip(columns, start, strict=True)], axis=1)
+
+
+def path_end(
+    outcomes: Iterable[tuple[str, bool]],
+    control: str,
+    challenger: str,
+    tau: float,
+    start: Counts = (0, 0, 0, 0),
+    running: float = 1.0,
+) -> tuple[Counts, float]:
+    """The counts and the always-valid p-value at the end of the path through ``outcomes``,
+    continuing from ``start`` and the p-value ``running`` reached before them."""
+    checkpoints = arm_checkpoints(outcomes, control, challenger, start)
+    if not len(checkpoints):
+        return start, running
+    s_a, n_a, s_b, n_b = (int(x) for x in checkpoints[-1])
+    return (s_a, n_a, s_b, n_b), always_valid_p_values(checkpoints, tau, running)[-1]
+
+
 def chi2_survival(x: float, df: int) -> float:
     """P(X >= x) for a chi-square variable with integer ``df`` (closed form)."""
     if x <= 0:
@@ -128,7 +168,7 @@ class SampleRatioCheck:
 
 
 def sample_ratio_check(
-    observed: Mapping[str, int], expected_shares: Mapping[str, float], alpha: float = 0.001
+    observed: Mapping[str, int], expected_shares: Mapping[str, float], alpha: float = SRM_ALPHA
 ) -> SampleRatioCheck:
     """Chi-square goodness of fit of the observed counts to the configured shares."""
     names = [n for n in expected_shares if expected_shares[n] > 0]
@@ -174,3 +214,9 @@ def mcnemar_exact(only_a: int, only_b: int) -> McNemar:
     top = max(logs)
     tail = math.exp(top + math.log(sum(math.exp(v - top) for v in logs)) - n * math.log(2))
     return McNemar(only_a, only_b, min(1.0, 2 * tail))
+
+
+def p99(values: list[float]) -> float:
+    """The 99th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]

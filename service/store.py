@@ -7,6 +7,10 @@ that start together migrate once. Every worker opens its own connection; on SQLi
 a busy timeout let them write side by side. The SQL is written once in a form both databases
 accept; service/dialect.py translates the little that differs (``?`` placeholders and all).
 
+A row's ``unit`` says how it was routed: ``user`` or ``request`` (the experiment's traffic),
+``forced`` (QA; the ``forced`` column repeats it) or ``excluded`` (outside the coverage). The
+statistics count the experiment's traffic only, tested on ``unit`` alone (``_counted``).
+
 Feedback has no foreign key to the prediction log on purpose: feedback that arrives before its
 prediction row is written (the log is written off the request path), or on another worker, is
 stored at once and joined later. Feedback is idempotent: the first label stored for a prediction
@@ -26,82 +30,19 @@ from pathlib import Path
 from typing import Any
 
 from service.dialect import Connection, connect, is_url, redact
+from service.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TABLE_COLUMNS,
+    FeedbackOutcome,
+    HistoryEntry,
+    Labelled,
+    NewTraffic,
+    ShadowPair,
+    StoredState,
+    TrafficCount,
+)
 from tuneserve.errors import ConfigError
-
-MIGRATIONS: list[list[str]] = [
-    [
-        """CREATE TABLE predictions (
-            id TEXT PRIMARY KEY,
-            ts DOUBLE PRECISION NOT NULL,
-            variant TEXT NOT NULL,
-            model_version TEXT NOT NULL,
-            unit TEXT NOT NULL,
-            unit_hash TEXT,
-            forced INTEGER NOT NULL,
-            label TEXT NOT NULL,
-            score DOUBLE PRECISION NOT NULL,
-            latency_ms DOUBLE PRECISION NOT NULL,
-            text TEXT
-        )""",
-        "CREATE INDEX predictions_ts ON predictions (ts)",
-        """CREATE TABLE feedback (
-            prediction_id TEXT PRIMARY KEY,
-            ts DOUBLE PRECISION NOT NULL,
-            label TEXT NOT NULL
-        )""",
-        """CREATE TABLE experiment_history (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            ts DOUBLE PRECISION NOT NULL,
-            change TEXT NOT NULL
-        )""",
-    ],
-]
-MIGRATIONS.append(
-    [
-        """CREATE TABLE experiment_state (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            version INTEGER NOT NULL,
-            state TEXT NOT NULL
-        )""",
-    ]
-)
-MIGRATIONS.append(
-    [
-        # a request that failed after it was routed (deadline, internal error): label '' and
-        # score 0, error names the kind; the report's error rate per variant counts them
-        "ALTER TABLE predictions ADD COLUMN error TEXT",
-        # the experiment (routing salt) a row belongs to; the report reads one experiment
-        "ALTER TABLE predictions ADD COLUMN salt TEXT",
-        """CREATE TABLE shadow (
-            prediction_id TEXT PRIMARY KEY,
-            ts DOUBLE PRECISION NOT NULL,
-            variant TEXT NOT NULL,
-            model_version TEXT NOT NULL,
-            live_variant TEXT NOT NULL,
-            live_label TEXT NOT NULL,
-            label TEXT NOT NULL,
-            score DOUBLE PRECISION NOT NULL,
-            latency_ms DOUBLE PRECISION NOT NULL
-        )""",
-    ]
-)
-MIGRATIONS.append(
-    [
-        # the background monitors read feedback by arrival time, a few seconds' worth at a time
-        "CREATE INDEX feedback_ts ON feedback (ts)",
-    ]
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-PREDICTION_COLUMNS = (
-    "id", "ts", "variant", "model_version", "unit", "unit_hash", "forced", "label", "score",
-    "latency_ms", "text", "error", "salt",
-)  # fmt: skip
-SHADOW_COLUMNS = (
-    "prediction_id", "ts", "variant", "model_version", "live_variant", "live_label", "label",
-    "score", "latency_ms",
-)  # fmt: skip
-TABLE_COLUMNS = {"predictions": PREDICTION_COLUMNS, "shadow": SHADOW_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -233,11 +174,11 @@ class Store:
             row = self.conn.execute("SELECT version FROM experiment_state").fetchone()
         return int(row[0]) if row else 0
 
-    def get_state(self) -> tuple[int, dict[str, Any] | None]:
+    def get_state(self) -> StoredState:
         """The stored experiment state and its version."""
         with self._lock:
             row = self.conn.execute("SELECT version, state FROM experiment_state").fetchone()
-        return (int(row[0]), json.loads(row[1])) if row else (0, None)
+        return StoredState(int(row[0]), json.loads(row[1])) if row else StoredState(0, None)
 
     def put_state(
         self, state: dict[str, Any], change: dict[str, Any], expected_version: int | None = None
@@ -269,17 +210,14 @@ class Store:
                 raise
         return version
 
-    def history(self) -> list[tuple[float, dict[str, Any]]]:
+    def history(self) -> list[HistoryEntry]:
         """Every recorded change, oldest first."""
         rows = self._rows("SELECT ts, change FROM experiment_history ORDER BY id")
-        return [(float(ts), json.loads(change)) for ts, change in rows]
+        return [HistoryEntry(float(ts), json.loads(change)) for ts, change in rows]
 
-    def traffic_summary(
-        self, since: float, salt: str | None = None
-    ) -> list[tuple[str, str, bool, bool, int]]:
-        """(variant, unit, stamped at or after ``since``, failed, requests) of every logged
-        request (of the experiment ``salt`` names), counted in the database; ``unit`` is
-        ``user``, ``request``, ``forced`` or ``excluded``."""
+    def traffic_summary(self, since: float, salt: str | None = None) -> list[TrafficCount]:
+        """Every logged request (of the experiment ``salt`` names) counted in the database, by
+        variant, unit, whether stamped at or after ``since``, and whether it failed."""
         where, params = _of_experiment(salt)
         rows = self._rows(
             "SELECT variant, unit, CASE WHEN ts >= ? THEN 1 ELSE 0 END, "
@@ -287,15 +225,15 @@ class Store:
             f"FROM predictions WHERE {where} GROUP BY 1, 2, 3, 4",
             (since, *params),
         )
-        return [(str(v), str(u), bool(c), bool(f), int(n)) for v, u, c, f, n in rows]
+        return [TrafficCount(str(v), str(u), bool(c), bool(f), int(n)) for v, u, c, f, n in rows]
 
     def latencies(self, salt: str | None = None) -> dict[str, list[float]]:
         """Per variant, the latency in ms of every request of the experiment that was answered
         (not forced, not excluded, not failed)."""
         where, params = _of_experiment(salt)
         rows = self._rows(
-            "SELECT variant, latency_ms FROM predictions WHERE unit <> 'forced' "
-            f"AND unit <> 'excluded' AND (error IS NULL OR error = '') AND {where}",
+            f"SELECT variant, latency_ms FROM predictions WHERE {_counted()} "
+            f"AND (error IS NULL OR error = '') AND {where}",
             params,
         )
         out: dict[str, list[float]] = {}
@@ -305,21 +243,20 @@ class Store:
 
     def traffic_after(
         self, after: float, settled_until: float, salt: str | None = None
-    ) -> list[tuple[str, int, int]]:
-        """(variant, requests stamped at or before ``settled_until``, all requests) of the
-        experiment's traffic (not forced, not excluded) stamped after ``after``."""
+    ) -> list[NewTraffic]:
+        """Per variant, the experiment's traffic (not forced, not excluded) stamped after
+        ``after``: all of it, and the part stamped at or before ``settled_until``."""
         where, params = _of_experiment(salt)
         rows = self._rows(
             "SELECT variant, SUM(CASE WHEN ts <= ? THEN 1 ELSE 0 END), COUNT(*) "
-            "FROM predictions WHERE ts > ? AND forced = 0 AND unit <> 'excluded' "
-            f"AND {where} GROUP BY variant",
+            f"FROM predictions WHERE ts > ? AND {_counted()} AND {where} GROUP BY variant",
             (settled_until, after, *params),
         )
-        return [(str(v), int(settled), int(n)) for v, settled, n in rows]
+        return [NewTraffic(str(v), int(settled), int(n)) for v, settled, n in rows]
 
     def outcomes_after(
         self, after: float, since: float, variants: Sequence[str], salt: str | None = None
-    ) -> list[tuple[float, str, bool]]:
+    ) -> list[FeedbackOutcome]:
         """(feedback time, variant, correct) of the experiment's labelled predictions of
         ``variants`` answered at or after ``since``, whose feedback was stamped after ``after``;
         in the order the feedback arrived (its time, then the prediction id)."""
@@ -328,38 +265,35 @@ class Store:
         rows = self._rows(
             "SELECT f.ts, p.variant, p.label = f.label FROM feedback f "
             "JOIN predictions p ON p.id = f.prediction_id "
-            f"WHERE f.ts > ? AND p.ts >= ? AND p.variant IN ({marks}) AND p.forced = 0 "
-            f"AND p.unit <> 'excluded' AND {where} ORDER BY f.ts, f.prediction_id",
+            f"WHERE f.ts > ? AND p.ts >= ? AND p.variant IN ({marks}) AND {_counted('p.')} "
+            f"AND {where} ORDER BY f.ts, f.prediction_id",
             (after, since, *variants, *params),
         )
-        return [(float(ts), str(v), bool(ok)) for ts, v, ok in rows]
+        return [FeedbackOutcome(float(ts), str(v), bool(ok)) for ts, v, ok in rows]
 
-    def labelled(
-        self, include_forced: bool = False, salt: str | None = None
-    ) -> list[tuple[str, float, bool, float]]:
+    def labelled(self, include_forced: bool = False, salt: str | None = None) -> list[Labelled]:
         """(variant, time answered, correct, latency_ms) of every prediction with feedback (of
         the experiment ``salt`` names), in the order the feedback arrived (the order the
         always-valid test takes, as the accuracy guardrail does); forced traffic only when asked
         for, traffic outside the coverage never."""
-        forced = "" if include_forced else "AND p.forced = 0"
         where, params = _of_experiment(salt, "p.")
         rows = self._rows(
             "SELECT p.variant, p.ts, p.label = f.label, p.latency_ms FROM predictions p "
             "JOIN feedback f ON f.prediction_id = p.id "
-            f"WHERE p.unit <> 'excluded' {forced} AND {where} "
+            f"WHERE {_counted('p.', include_forced)} AND {where} "
             "ORDER BY f.ts, f.prediction_id",
             params,
         )
-        return [(str(v), float(ts), bool(ok), float(lat)) for v, ts, ok, lat in rows]
+        return [Labelled(str(v), float(ts), bool(ok), float(lat)) for v, ts, ok, lat in rows]
 
-    def shadow_pairs(self) -> list[tuple[str, str, str, str, str | None]]:
+    def shadow_pairs(self) -> list[ShadowPair]:
         """(shadow variant, live variant, live label, shadow label, true label or None) of
         every shadow-scored prediction."""
         rows = self._rows(
             "SELECT s.variant, s.live_variant, s.live_label, s.label, f.label FROM shadow s "
             "LEFT JOIN feedback f ON f.prediction_id = s.prediction_id"
         )
-        return [(str(a), str(b), str(c), str(d), None if e is None else str(e))
+        return [ShadowPair(str(a), str(b), str(c), str(d), None if e is None else str(e))
                 for a, b, c, d, e in rows]  # fmt: skip
 
     def count(self, table: str) -> int:
@@ -373,6 +307,13 @@ class Store:
         """Close the connection."""
         with self._lock:
             self.conn.close()
+
+
+def _counted(prefix: str = "", include_forced: bool = False) -> str:
+    """A WHERE clause for the rows the statistics count: the experiment's traffic, forced rows
+    too only when asked for, rows outside the coverage never (told by ``unit`` alone)."""
+    left_out = "'excluded'" if include_forced else "'forced', 'excluded'"
+    return f"{prefix}unit NOT IN ({left_out})"
 
 
 def _of_experiment(salt: str | None, prefix: str = "") -> tuple[str, tuple[str, ...]]:

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.guardrails import accuracy_trips, path_end
+from service.guardrails import accuracy_trips
 from service.monitors import SETTLE_S, AccuracyMonitor, TrafficMonitor
+from service.stats import path_end
 from service.store import Store
 
 NewStore = Callable[[], Path | str]
@@ -119,8 +120,8 @@ def test_the_accuracy_monitor_starts_afresh_when_a_challenger_is_put_back(
 def _traffic(store: Store, since: float, after: float = -1.0, salt: str = "s") -> dict[str, int]:
     """The split counted by one query over everything (what the monitor must agree with)."""
     rows = store.conn.execute(
-        "SELECT variant, COUNT(*) FROM predictions WHERE ts >= ? AND ts > ? AND forced = 0 "
-        "AND unit <> 'excluded' AND (salt = ? OR salt IS NULL) GROUP BY variant",
+        "SELECT variant, COUNT(*) FROM predictions WHERE ts >= ? AND ts > ? "
+        "AND unit IN ('user', 'request') AND (salt = ? OR salt IS NULL) GROUP BY variant",
         (since, after, salt),
     ).fetchall()
     return {str(v): int(n) for v, n in rows}
@@ -133,7 +134,8 @@ def test_the_traffic_monitor_agrees_with_a_full_count_and_reads_only_new_rows(
     monitor = TrafficMonitor(resync_s=1e9)
     rng = random.Random(3)
     clock, n, horizon = T0, 0, -1.0
-    kinds = [{}, {}, {}, {"forced": 1}, {"unit": "excluded"}, {"salt": "old"}, {"salt": None}]
+    kinds = [{}, {}, {}, {"unit": "request"}, {"unit": "forced", "forced": 1},
+             {"unit": "excluded"}, {"salt": "old"}, {"salt": None}]  # fmt: skip
     for step in range(6):
         rows = []
         for _ in range(50):

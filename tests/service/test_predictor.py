@@ -12,9 +12,9 @@ import pytest
 from service import metrics
 from service.batching import AdaptiveBatcher, DirectRunner
 from service.config import ServingConfig, load_serving_config
-from service.errors import DeadlineError, InvalidInputError, OverloadedError, PayloadTooLargeError
+from service.errors import DeadlineError, InvalidInputError, OverloadedError
 from service.model import VariantModel, _quantization_name
-from service.predictor import Predictor, check_texts
+from service.predictor import Predictor
 from tests.conftest import make_sentences
 from tests.service.conftest import write_serving_config
 from tuneserve.inference import load_tokenizer, make_session, session_logits, softmax
@@ -103,7 +103,7 @@ def test_concurrent_callers_each_get_their_own_answer(
         calls = [predictor.predict([t], forced="tuned") for t in texts]
         results = await asyncio.gather(*calls)
         await predictor.close()
-        return [answers[0] for _, _, answers in results]
+        return [answers.predictions[0] for answers in results]
 
     answers = asyncio.run(call_all())
     got = np.array([[a["scores"]["negative"], a["scores"]["positive"]] for a in answers])
@@ -169,21 +169,6 @@ def test_direct_runner_matches_model(tmp_path: Path, tiny_exports: dict[str, Pat
     encodings = model.encode(TEXTS[:10])
     got = asyncio.run(runner.run(encodings))
     np.testing.assert_allclose(got, model.infer_sorted(encodings, 32), atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    ("texts", "error", "message"),
-    [
-        ([], InvalidInputError, "non-empty list"),
-        ("text", InvalidInputError, "non-empty list"),
-        (["ok", 3], InvalidInputError, r"texts\[1\] must be a string, got int"),
-        (["ok", "  "], InvalidInputError, r"texts\[1\] is empty or whitespace"),
-        (["x"] * 5, PayloadTooLargeError, "texts holds 5 items; at most 4"),
-    ],
-)
-def test_check_texts(texts: Any, error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=message):
-        check_texts(texts, 4)
 
 
 def test_io_binding_gives_the_same_logits(tiny_exports: dict[str, Path]) -> None:

@@ -42,8 +42,7 @@ def _shadow_count(variant: str, outcome: str) -> float:
 async def _serve(predictor: Predictor, forced: str | None = None) -> list[dict[str, Any]]:
     answers = []
     for text, _ in ROWS:
-        _, _, got = await predictor.predict([text], forced=forced)
-        answers += got
+        answers += (await predictor.predict([text], forced=forced)).predictions
     await predictor.close()  # flushes the shadow queue, then the prediction log
     return answers
 

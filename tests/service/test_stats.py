@@ -15,12 +15,15 @@ from statsmodels.stats.proportion import (
     proportions_ztest,
 )
 
-from service.guardrails import arm_checkpoints, path_end
 from service.stats import (
+    SRM_ALPHA,
     always_valid_p_values,
+    arm_checkpoints,
     chi2_survival,
     mcnemar_exact,
     msprt_likelihood_ratio,
+    p99,
+    path_end,
     sample_ratio_check,
     samples_needed,
     two_proportion_test,
@@ -151,6 +154,21 @@ def test_sample_ratio_mismatch() -> None:
     three = sample_ratio_check({"c": 5000, "a": 3000, "b": 2000}, {"c": 0.5, "a": 0.3, "b": 0.2})
     assert not three.mismatch and three.chi2 == 0
     assert not sample_ratio_check({}, {"c": 1.0, "a": 1.0}).mismatch
+
+
+def test_the_sample_ratio_alpha_is_one_in_a_thousand() -> None:
+    assert SRM_ALPHA == 0.001  # DESIGN.md's figure; the report and the gauges use this one
+    split = {"baseline": 0.5, "tuned": 0.5}
+    near = sample_ratio_check({"baseline": 5163, "tuned": 4837}, split)  # p = 0.0011
+    past = sample_ratio_check({"baseline": 5166, "tuned": 4834}, split)  # p = 0.0009
+    assert not near.mismatch and near.p_value > SRM_ALPHA
+    assert past.mismatch and past.p_value < SRM_ALPHA
+
+
+def test_p99_is_the_nearest_rank() -> None:
+    assert p99([float(i) for i in range(1, 101)]) == 99.0
+    assert p99([5.0]) == 5.0
+    assert p99([1.0] * 98 + [50.0, 60.0]) == 50.0  # rank 99 of 100
 
 
 def test_samples_needed_matches_the_textbook_and_statsmodels() -> None:

@@ -1,81 +1,23 @@
-"""The live experiment state (weights, salt, coverage, shadow, disabled variants) and the admin
-API's rules.
+"""The admin API's rules: who may change the experiment (a bearer token), which changes are
+valid, and the change a guardrail trip makes.
 
-The state lives in the store, so a change made through any worker reaches every worker (each
-polls the store's state version twice a second) and survives restarts. Changes need the bearer
-token held in the environment variable the config names; without one, changes are refused.
+Changes need the bearer token held in the environment variable the config names; without one,
+changes are refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from service.config import ServingConfig
 from service.errors import ForbiddenError, InvalidInputError, UnauthorizedError
+from service.experiment.state import ExperimentState
 from service.routing import check_weights
 
-
-@dataclass(frozen=True)
-class ExperimentState:
-    """What the admin API can change without a restart."""
-
-    weights: dict[str, float]
-    salt: str
-    disabled: tuple[str, ...] = field(default=())
-    origin: str = ""  # fingerprint of the config state it grew from
-    coverage: float = 1.0
-    shadow_variant: str = ""
-    shadow_share: float = 0.0
-
-    def effective_weights(self) -> dict[str, float]:
-        """The weights routing uses: a disabled variant gets no traffic."""
-        return {n: (0.0 if n in self.disabled else w) for n, w in self.weights.items()}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "weights": self.weights,
-            "salt": self.salt,
-            "coverage": self.coverage,
-            "shadow": {"variant": self.shadow_variant, "share": self.shadow_share},
-            "disabled": list(self.disabled),
-            "origin": self.origin,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ExperimentState:
-        shadow = data.get("shadow") or {}
-        return cls(
-            {str(k): float(v) for k, v in data["weights"].items()},
-            str(data["salt"]),
-            tuple(data.get("disabled", ())),
-            str(data.get("origin", "")),
-            float(data.get("coverage", 1.0)),
-            str(shadow.get("variant", "")),
-            float(shadow.get("share", 0.0)),
-        )
-
-
-def initial_state(settings: ServingConfig) -> ExperimentState:
-    """The state the serving config describes."""
-    weights = {v.name: v.weight for v in settings.variants}
-    salt, coverage = settings.experiment.salt, settings.experiment.coverage
-    shadow = settings.shadow
-    fingerprint = [weights, salt, coverage, shadow.variant, shadow.share]
-    origin = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    return ExperimentState(weights, salt, (), origin, coverage, shadow.variant, shadow.share)
-
-
-def fits(state: ExperimentState, settings: ServingConfig) -> bool:
-    """Whether a stored state grew from this serving config (else the config wins on start).
-
-    So admin changes survive a restart with the same config; editing the config's weights,
-    salt, coverage or shadow starts from the config again."""
-    return state.origin == initial_state(settings).origin
+CHANGE_KEYS = ("weights", "salt", "coverage", "shadow", "disable", "enable")
 
 
 def apply_change(
@@ -128,9 +70,6 @@ def apply_change(
         raise InvalidInputError(str(exc)) from None
     change = {"by": "admin", "from": state.to_json(), "to": new_state.to_json()}
     return new_state, change
-
-
-CHANGE_KEYS = ("weights", "salt", "coverage", "shadow", "disable", "enable")
 
 
 def _is_number(value: Any) -> bool:

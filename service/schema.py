@@ -1,0 +1,142 @@
+"""The experiment store's tables (the migrations that build them, in order) and the named rows
+its queries return."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE predictions (
+            id TEXT PRIMARY KEY,
+            ts DOUBLE PRECISION NOT NULL,
+            variant TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            unit TEXT NOT NULL,
+            unit_hash TEXT,
+            forced INTEGER NOT NULL,
+            label TEXT NOT NULL,
+            score DOUBLE PRECISION NOT NULL,
+            latency_ms DOUBLE PRECISION NOT NULL,
+            text TEXT
+        )""",
+        "CREATE INDEX predictions_ts ON predictions (ts)",
+        """CREATE TABLE feedback (
+            prediction_id TEXT PRIMARY KEY,
+            ts DOUBLE PRECISION NOT NULL,
+            label TEXT NOT NULL
+        )""",
+        """CREATE TABLE experiment_history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts DOUBLE PRECISION NOT NULL,
+            change TEXT NOT NULL
+        )""",
+    ],
+]
+MIGRATIONS.append(
+    [
+        """CREATE TABLE experiment_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL,
+            state TEXT NOT NULL
+        )""",
+    ]
+)
+MIGRATIONS.append(
+    [
+        # a request that failed after it was routed (deadline, internal error): label '' and
+        # score 0, error names the kind; the report's error rate per variant counts them
+        "ALTER TABLE predictions ADD COLUMN error TEXT",
+        # the experiment (routing salt) a row belongs to; the report reads one experiment
+        "ALTER TABLE predictions ADD COLUMN salt TEXT",
+        """CREATE TABLE shadow (
+            prediction_id TEXT PRIMARY KEY,
+            ts DOUBLE PRECISION NOT NULL,
+            variant TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            live_variant TEXT NOT NULL,
+            live_label TEXT NOT NULL,
+            label TEXT NOT NULL,
+            score DOUBLE PRECISION NOT NULL,
+            latency_ms DOUBLE PRECISION NOT NULL
+        )""",
+    ]
+)
+MIGRATIONS.append(
+    [
+        # the background monitors read feedback by arrival time, a few seconds' worth at a time
+        "CREATE INDEX feedback_ts ON feedback (ts)",
+    ]
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+PREDICTION_COLUMNS = (
+    "id", "ts", "variant", "model_version", "unit", "unit_hash", "forced", "label", "score",
+    "latency_ms", "text", "error", "salt",
+)  # fmt: skip
+SHADOW_COLUMNS = (
+    "prediction_id", "ts", "variant", "model_version", "live_variant", "live_label", "label",
+    "score", "latency_ms",
+)  # fmt: skip
+TABLE_COLUMNS = {"predictions": PREDICTION_COLUMNS, "shadow": SHADOW_COLUMNS}
+
+
+class StoredState(NamedTuple):
+    """The stored experiment state (as JSON data) and its version; (0, None) before any."""
+
+    version: int
+    state: dict[str, Any] | None
+
+
+class HistoryEntry(NamedTuple):
+    """One recorded change of the experiment state, and when it was made."""
+
+    ts: float
+    change: dict[str, Any]
+
+
+class TrafficCount(NamedTuple):
+    """Logged requests of one variant and unit kind, stamped before or since a time, failed
+    or not (one row of ``Store.traffic_summary``)."""
+
+    variant: str
+    unit: str  # user, request, forced or excluded
+    current: bool  # stamped at or after the ``since`` asked for
+    failed: bool
+    requests: int
+
+
+class NewTraffic(NamedTuple):
+    """Requests of one variant stamped after a cursor: all of them, and those already settled."""
+
+    variant: str
+    settled: int
+    requests: int
+
+
+class FeedbackOutcome(NamedTuple):
+    """A labelled prediction as the monitors read it: when the feedback came, and whether the
+    variant was right."""
+
+    ts: float
+    variant: str
+    correct: bool
+
+
+class Labelled(NamedTuple):
+    """A prediction with feedback: its variant, when it was answered, whether it was right."""
+
+    variant: str
+    ts: float
+    correct: bool
+    latency_ms: float
+
+
+class ShadowPair(NamedTuple):
+    """A shadow-scored prediction: both variants and labels, and the true label once known."""
+
+    variant: str
+    live_variant: str
+    live_label: str
+    label: str
+    truth: str | None
