@@ -108,7 +108,8 @@ def accuracy_trips(
     ``(variant, correct)`` outcomes in the order they became known."""
     trips = []
     for name in challengers:
-        trip = accuracy_trip(name, *path_end(outcomes, control, name, tau), alpha)
+        end = path_end(outcomes, control, name, tau)
+        trip = accuracy_trip(name, end.counts, end.p_value, alpha)
         if trip is not None:
             trips.append(trip)
     return trips

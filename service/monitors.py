@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service.guardrails import Trip, accuracy_trip
-from service.stats import Counts, path_end
+from service.stats import Counts, PathEnd, path_end
 from service.store import Store
 
 SETTLE_S = 60.0  # how late a row may land and still be counted by the monitors at once
@@ -64,7 +64,7 @@ class _Path:
     p_value: float = 1.0
 
     def extended(self, outcomes: list[tuple[str, bool]], control: str, challenger: str,
-                 tau: float) -> tuple[Counts, float]:  # fmt: skip
+                 tau: float) -> PathEnd:  # fmt: skip
         """Counts and p-value after ``outcomes``, which follow this path in time."""
         return path_end(outcomes, control, challenger, tau, self.counts, self.p_value)
 

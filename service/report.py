@@ -183,7 +183,9 @@ def _compare(
     tau: float,
 ) -> dict[str, Any]:
     outcomes = ((row.variant, row.correct) for row in labelled)
-    (s_a, n_a, s_b, n_b), sequential = path_end(outcomes, control, challenger, tau)
+    end = path_end(outcomes, control, challenger, tau)
+    s_a, n_a, s_b, n_b = end.counts
+    sequential = end.p_value
     test = two_proportion_test(s_a, n_a, s_b, n_b, confidence=1 - alpha)
     base_rate = s_a / n_a if n_a else 0.5
     needed = samples_needed(base_rate, minimum_effect, alpha, power)

@@ -26,6 +26,7 @@ import hashlib
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from service.errors import InvalidInputError
 
@@ -48,15 +49,23 @@ def bucket_of(salt: str, unit_id: str) -> int:
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
-def layout(challengers: Sequence[str], shares: Mapping[str, float]) -> list[tuple[int, int, str]]:
-    """The occupied ranges ``(start, end, challenger)``; buckets outside them go to the control."""
+class Occupied(NamedTuple):
+    """The buckets ``[start, end)`` a challenger occupies."""
+
+    start: int
+    end: int
+    variant: str
+
+
+def layout(challengers: Sequence[str], shares: Mapping[str, float]) -> list[Occupied]:
+    """The occupied ranges, one per challenger with traffic; the control takes the rest."""
     ranges = []
     k = len(challengers)
     for i, name in enumerate(challengers):
         start, end = i * BUCKETS // k, (i + 1) * BUCKETS // k
         taken = min(round(shares.get(name, 0.0) * BUCKETS), end - start)
         if taken > 0:
-            ranges.append((start, start + taken, name))
+            ranges.append(Occupied(start, start + taken, name))
     return ranges
 
 
@@ -83,7 +92,7 @@ def check_weights(weights: Mapping[str, float], control: str) -> None:
             )
 
 
-def variant_for_bucket(bucket: int, control: str, ranges: Sequence[tuple[int, int, str]]) -> str:
+def variant_for_bucket(bucket: int, control: str, ranges: Sequence[Occupied]) -> str:
     """The variant owning ``bucket`` under ``ranges`` (from :func:`layout`)."""
     for start, end, name in ranges:
         if start <= bucket < end:

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -122,6 +122,13 @@ def arm_checkpoints(
     return np.stack([np.cumsum(c) + s for c, s in zip(columns, start, strict=True)], axis=1)
 
 
+class PathEnd(NamedTuple):
+    """Where an always-valid path ends: the cumulative counts, and the p-value reached."""
+
+    counts: Counts
+    p_value: float
+
+
 def path_end(
     outcomes: Iterable[tuple[str, bool]],
     control: str,
@@ -129,14 +136,14 @@ def path_end(
     tau: float,
     start: Counts = (0, 0, 0, 0),
     running: float = 1.0,
-) -> tuple[Counts, float]:
+) -> PathEnd:
     """The counts and the always-valid p-value at the end of the path through ``outcomes``,
     continuing from ``start`` and the p-value ``running`` reached before them."""
     checkpoints = arm_checkpoints(outcomes, control, challenger, start)
     if not len(checkpoints):
-        return start, running
+        return PathEnd(start, running)
     s_a, n_a, s_b, n_b = (int(x) for x in checkpoints[-1])
-    return (s_a, n_a, s_b, n_b), always_valid_p_values(checkpoints, tau, running)[-1]
+    return PathEnd((s_a, n_a, s_b, n_b), always_valid_p_values(checkpoints, tau, running)[-1])
 
 
 def chi2_survival(x: float, df: int) -> float:
