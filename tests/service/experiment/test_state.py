@@ -9,13 +9,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from service.config import load_serving_config
+from service.config import ServingConfig, load_serving_config
 from service.experiment.state import ExperimentState, StateRow, fits, initial_state, read_state
 from service.store import Store
 from tests.service.conftest import write_serving_config
 
 
-def _settings(tmp_path: Path, exports: dict[str, Path], salt: str = "s1"):  # type: ignore[no-untyped-def]
+def _settings(tmp_path: Path, exports: dict[str, Path], salt: str = "s1") -> ServingConfig:
     variants = {"baseline": exports["head"], "tuned": exports["lora"]}
     path = write_serving_config(
         tmp_path / "serving.toml", variants, "baseline", experiment={"salt": salt},
