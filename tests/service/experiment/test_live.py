@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from service import metrics
 from service.config import load_serving_config
 from service.errors import DeadlineError
-from service.experiment import ExperimentState
+from service.experiment import Experiment, ExperimentState
 from service.predictor import Predictor
 from service.report import build_report, format_report
 from service.store import Store
@@ -216,3 +216,41 @@ def test_a_worse_challenger_trips_on_accuracy_from_the_store(
     time.sleep(1.5)  # three store checks
     assert predictor.experiment.state.disabled == ()
     asyncio.run(predictor.close())
+
+
+def _until(condition: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the other worker never followed"
+        time.sleep(0.02)
+
+
+def test_two_workers_on_one_store_follow_each_others_changes_and_trips(
+    tmp_path: Path, tiny_exports: dict[str, Path], new_store: Any
+) -> None:
+    settings = load_serving_config(_config(tmp_path, tiny_exports, guardrails=FAST))
+    location = new_store()
+    one, two = Experiment(settings, Store(location)), Experiment(settings, Store(location))
+    assert one.version == two.version == 1  # seeded from the config once, adopted by the other
+    summary = one.change({"weights": {"tuned": 1, "baseline": 3}})
+    assert summary["version"] == 2 and summary["shares"]["tuned"] == 0.25
+    _until(lambda: two.version == 2)
+    assert two.router.shares == one.router.shares and two.state == one.state
+    trips = metrics.GUARDRAIL_TRIPS.labels(variant="tuned", kind="error_rate")._value.get()
+    for _ in range(FAST["min_requests"]):
+        two.record("tuned", 1.0, failed=True)
+        two.record("baseline", 1.0, failed=True)  # the control is never taken out
+    _until(lambda: "tuned" in one.state.disabled)
+    assert two.state.disabled == ("tuned",) and one.version == two.version == 3
+    assert one.router.shares["tuned"] == 0.0
+    assert metrics.GUARDRAIL_TRIPS.labels(variant="tuned", kind="error_rate")._value.get() == (
+        trips + 1
+    )  # one trip, by the worker that saw the failures
+    history = [entry.change for entry in one.store.history()]
+    assert [(c["by"], c["version"]) for c in history] == [
+        ("config", 1), ("admin", 2), ("guardrail", 3),
+    ]  # fmt: skip
+    assert history[-1]["kind"] == "error_rate" and history[-1]["detail"]["requests"] == 20
+    for experiment in (one, two):
+        experiment.close()
+        experiment.store.close()
