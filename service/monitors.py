@@ -1,11 +1,11 @@
 """The store checks every worker runs in the background, made to keep up with a growing store.
 
 The accuracy guardrail and the sample-ratio gauges read the store every few seconds
-(``guardrails.check_interval_s`` times STORE_CHECKS_EVERY). Reading every labelled prediction
-each time costs in proportion to the experiment's age (measured on SQLite: over 2 s per check at
-a million predictions, with the worker's store connection busy all the while; BENCHMARKS.md), so
-both keep running totals and each check reads only the rows stamped after the last one, less
-SETTLE_S seconds.
+(``guardrails.check_interval_s`` times STORE_CHECKS_EVERY in service/experiment/live.py).
+Reading every labelled prediction each time costs in proportion to the experiment's age
+(measured on SQLite: over 2 s per check at a million predictions, with the worker's store
+connection busy all the while; BENCHMARKS.md), so both keep running totals and each check reads
+only the rows stamped after the last one, less SETTLE_S seconds.
 
 Rows younger than SETTLE_S are read again at every check until they settle, and only then folded
 into the totals. That catches the rows that land late: a prediction row is written off the
