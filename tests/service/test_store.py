@@ -19,7 +19,8 @@ from service import metrics
 from service.config import StoreConfig
 from service.dialect import to_postgres
 from service.predlog import PredictionLog
-from service.store import MIGRATIONS, SCHEMA_VERSION, Store, unit_hash
+from service.schema import MIGRATIONS, SCHEMA_VERSION
+from service.store import Store, unit_hash
 from tests.service.conftest import free_port
 from tuneserve.errors import ConfigError
 
@@ -66,6 +67,33 @@ def test_feedback_is_idempotent_and_joins_predictions_written_later(new_store: N
     assert store.history()[0][1] == {"weights": {"tuned": 0.5}}
 
 
+def test_every_statistics_query_tells_the_units_apart_alike(new_store: NewStore) -> None:
+    """The experiment's traffic is unit user or request; forced and excluded rows are left out
+    of every figure the same way (forced ones only by the queries that are asked for them)."""
+    store = Store(new_store())
+    t0 = time.time() - 100
+    units = ["user", "request", "forced", "excluded"]
+    store.log_predictions([
+        _row(i) | {"id": unit, "ts": t0 + i, "unit": unit, "forced": int(unit == "forced"),
+                   "salt": "s"}
+        for i, unit in enumerate(units)
+    ])  # fmt: skip
+    for unit in units:
+        store.add_feedback(unit, "positive")
+    assert store.latencies("s") == {"tuned": [5.0, 5.0]}
+    assert store.traffic_after(0.0, time.time(), "s") == [("tuned", 2, 2)]
+    (new,) = store.traffic_after(0.0, t0 + 0.5, "s")
+    assert (new.variant, new.settled, new.requests) == ("tuned", 1, 2)
+    outcomes = store.outcomes_after(0.0, 0.0, ["tuned"], "s")
+    assert [(o.variant, o.correct) for o in outcomes] == [("tuned", True)] * 2
+    assert [row.ts for row in store.labelled(salt="s")] == [t0, t0 + 1]
+    assert [row.ts for row in store.labelled(include_forced=True, salt="s")] == [t0, t0 + 1, t0 + 2]
+    summary = {(c.unit, c.current): c.requests for c in store.traffic_summary(t0 + 1, "s")}
+    assert summary == {("user", False): 1, ("request", True): 1, ("forced", True): 1,
+                       ("excluded", True): 1}  # fmt: skip
+    store.close()
+
+
 def test_timestamps_and_scores_keep_double_precision(new_store: NewStore) -> None:
     store = Store(new_store())
     row = _row(1) | {"ts": 1_790_000_000.123456, "score": 0.123456789012, "latency_ms": 1e-3}
@@ -83,6 +111,7 @@ def test_admin_state_versions_count_up_and_replace_the_state(new_store: NewStore
     assert store.put_state({"salt": "a"}, {"by": "config"}) == 1
     assert store.put_state({"salt": "b"}, {"by": "admin"}) == 2
     assert store.get_state() == (2, {"salt": "b"}) and store.state_version() == 2
+    assert store.get_state().state == {"salt": "b"} and store.history()[-1].change["version"] == 2
     assert [c["version"] for _, c in store.history()] == [1, 2]
 
 
