@@ -130,6 +130,8 @@ def test_bentoml_build_packs_service_config_and_models(
     bento = home / "bentos" / name / version
     src = bento / "src"
     assert (src / "service" / "app.py").is_file() and (src / "tuneserve" / "manifest.py").is_file()
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "service").rglob("*.py")}
+    assert {p.relative_to(src).as_posix() for p in (src / "service").rglob("*.py")} == modules
     assert (src / "configs" / "serving.toml").is_file()
     for key in ("head", "lora"):
         export = src / "artifacts" / "export" / tiny_exports[key].name
