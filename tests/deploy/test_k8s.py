@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -152,7 +155,11 @@ def test_probes_use_the_named_port_and_the_health_endpoints() -> None:
         assert get["port"] == container["ports"][0]["name"]
         paths[probe] = get["path"]
     # tests/deploy/test_k8s_server.py checks that the running service answers these paths
-    assert paths == {"startupProbe": "/livez", "livenessProbe": "/livez", "readinessProbe": "/readyz"}
+    assert paths == {
+        "startupProbe": "/livez",
+        "livenessProbe": "/livez",
+        "readinessProbe": "/readyz",
+    }
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "room to load models"
 
@@ -167,8 +174,12 @@ def test_service_monitor_and_selectors_match() -> None:
     assert service["spec"]["type"] == "ClusterIP"
 
     monitor = _one("servicemonitor.yaml")
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "ServiceMonitor"
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert (
+        monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "ServiceMonitor"
+    )
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
     port_names = {p["name"] for p in service["spec"]["ports"]}
     for endpoint in monitor["spec"]["endpoints"]:
         assert endpoint["port"] in port_names and endpoint["path"] == "/metrics"
@@ -177,7 +188,9 @@ def test_service_monitor_and_selectors_match() -> None:
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     for name in ("hpa.yaml", "hpa-custom-metric.yaml"):
         hpa = _one(name)
-        assert hpa["metadata"]["name"] == "tuneserve", "both HPAs share a name: one replaces the other"
+        assert hpa["metadata"]["name"] == "tuneserve", (
+            "both HPAs share a name: one replaces the other"
+        )
         ref = hpa["spec"]["scaleTargetRef"]
         assert (ref["apiVersion"], ref["kind"], ref["name"]) == (
             deployment["apiVersion"], deployment["kind"], deployment["metadata"]["name"],
@@ -194,7 +207,9 @@ def test_custom_metric_is_one_the_service_exports_and_the_adapter_serves() -> No
     served = {}
     for rule in rules:
         series = rule["seriesQuery"].split("{", 1)[0]
-        assert series in exported, f"the adapter rule reads {series}, which the service never exports"
+        assert series in exported, (
+            f"the adapter rule reads {series}, which the service never exports"
+        )
         served[rule["name"]["as"]] = series
     text = (K8S / "hpa-custom-metric.yaml").read_text()
     hpa = _one("hpa-custom-metric.yaml")
@@ -209,7 +224,9 @@ def _drain_s() -> float:
     the shadow scorer (enqueue + join, each with its timeout) and the prediction log's flush."""
     args = _container()["args"]
     in_flight = float(args[args.index("--timeout-graceful-shutdown") + 1])
-    poller = re.search(r"self\._poller\.join\((\d+(?:\.\d+)?)\)", inspect.getsource(Predictor.close))
+    poller = re.search(
+        r"self\._poller\.join\((\d+(?:\.\d+)?)\)", inspect.getsource(Predictor.close)
+    )
     assert poller, "Predictor.close no longer joins the poller with a literal timeout: update this"
     shadow = inspect.signature(ShadowScorer.close).parameters["timeout_s"].default
     log = inspect.signature(PredictionLog.close).parameters["timeout_s"].default
@@ -235,7 +252,9 @@ def test_runs_as_the_image_user_on_a_read_only_root() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     context = _container()["securityContext"]
     assert context["readOnlyRootFilesystem"] is True
-    assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+    assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == [
+        "ALL"
+    ]
     # every place the service writes is a writable volume: BENTOML_HOME (BentoML puts the
     # Prometheus multiprocess directory, and so the workers' ready marks, inside it) and /tmp
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -257,3 +276,71 @@ def test_resources_fit_the_serving_config() -> None:
     per_worker_mib = 221 + 70 * (len(settings.variants) - 1)
     limit_mib = int(resources["limits"]["memory"].removesuffix("Mi"))
     assert limit_mib >= 2 * settings.workers * per_worker_mib
+
+
+def test_readme_commands_make_the_secrets_and_namespace_the_manifests_use() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Running on Kubernetes", 1)[1].split("\n## ", 1)[0]
+    namespace = _one("kustomization.yaml")["namespace"]
+    assert f"kubectl create namespace {namespace}" in section
+    made: dict[str, set[str]] = {}
+    commands = re.sub(r"\\\n\s*", " ", section)  # continuation lines joined
+    for line in commands.splitlines():
+        secret = re.search(rf"kubectl -n {namespace} create secret generic (\S+)", line)
+        if secret:
+            made[secret.group(1)] = set(re.findall(r"--from-literal=([\w-]+)=", line))
+    wanted: dict[str, set[str]] = {}
+    for item in _env().values():
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            wanted.setdefault(ref["name"], set()).add(ref["key"])
+    assert made == wanted
+    assert "resources: [../k8s]" in section and "kubectl apply -k deploy/k8s" in section
+
+
+def _kubectl() -> str:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip(
+            "kubectl is not installed: the kustomize build is not checked (no server needed)"
+        )
+    return kubectl
+
+
+def test_kustomize_build_is_valid_and_wires_the_generated_configmap() -> None:
+    built = subprocess.run(
+        [_kubectl(), "kustomize", str(K8S)], check=True, capture_output=True, text=True
+    ).stdout
+    objects = {doc["kind"]: doc for doc in yaml.safe_load_all(built) if doc}
+    assert set(objects) == {
+        "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+    }  # fmt: skip
+    for doc in objects.values():
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        assert doc["metadata"]["namespace"] == "tuneserve"
+    configmap = objects["ConfigMap"]
+    assert configmap["data"]["serving.toml"] == (K8S / "serving.toml").read_text()
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if "configMap" in v]
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"] != "tuneserve-serving"
+
+
+def test_readme_overlay_puts_the_image_in(tmp_path: Path) -> None:
+    kubectl = _kubectl()
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("mkdir -p deploy/k8s-local")
+    script = readme[start : readme.index("\nKUSTOMIZATION\n", start) + len("\nKUSTOMIZATION\n")]
+    shutil.copytree(K8S, tmp_path / "deploy" / "k8s")
+    image = "registry.example.com:5000/team/tuneserve:1.2.3"
+    subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env={"IMAGE": image, "PATH": os.environ["PATH"]},
+        check=True,
+    )
+    built = subprocess.run(
+        [kubectl, "kustomize", "deploy/k8s-local"],
+        cwd=tmp_path, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    (deployment,) = [d for d in yaml.safe_load_all(built) if d and d["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == image

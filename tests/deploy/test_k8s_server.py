@@ -96,7 +96,9 @@ def test_deployment_container_serves_its_probes_and_drains_on_sigterm(
     )  # fmt: skip
     try:
         probes = {p: container[p] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
-        budget = probes["startupProbe"]["periodSeconds"] * probes["startupProbe"]["failureThreshold"]
+        budget = (
+            probes["startupProbe"]["periodSeconds"] * probes["startupProbe"]["failureThreshold"]
+        )
         for probe in probes.values():
             _wait(url + probe["httpGet"]["path"], proc, log, budget)
         metrics = httpx.get(f"{url}/metrics", timeout=5)  # the ServiceMonitor's path
