@@ -4,6 +4,8 @@ the one JSON file the locustfile reads."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +131,12 @@ def test_the_locustfile_gets_one_settings_file(tmp_path: Path) -> None:
     assert (
         settings.traffic == tmp_path / "traffic.json" and settings.raw == tmp_path / "requests.json"
     )
+
+
+def test_the_config_the_locustfile_imports_stays_light() -> None:
+    code = ("import sys, loadtests.config\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'service', 'bentoml', 'locust', 'gevent')"
+            " if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=REPO)  # fmt: skip
+    assert out.stdout.strip() == "[]"
