@@ -6,13 +6,14 @@ Imported by the locustfile under gevent: keep its imports light (no numpy, no se
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, field_validator, model_validator
 
-from tuneserve.config import StrictConfig
+from tuneserve.config import StrictConfig, apply_overrides, read_config_file, validate_config
 
 SETTINGS_ENV = "TUNESERVE_LOAD_CONFIG"  # the locustfile's one setting: the path of its JSON file
 
@@ -91,3 +92,13 @@ class LocustSettings(StrictConfig):
     config: LoadTestConfig = Field(description="the run's config (its rate: the one to offer)")
     traffic: Path = Field(description="JSON list of [text, label] pairs to draw requests from")
     raw: Path | None = Field(None, description="where to write the raw per-request rows")
+
+
+def load_loadtest_config(
+    path: str | Path | None, overrides: Sequence[str] = (), flags: Mapping[str, Any] | None = None
+) -> LoadTestConfig:
+    """The config file (defaults without one), then ``--set`` overrides, then ``flags``: the
+    command line's values, None where a flag was not given."""
+    data = apply_overrides(read_config_file(path) if path is not None else {}, overrides)
+    data |= {key: value for key, value in (flags or {}).items() if value is not None}
+    return validate_config(LoadTestConfig, data, str(path or "load test options"))

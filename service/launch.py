@@ -7,6 +7,7 @@ latency), and stops the server: the serving step of `make demo`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,9 +17,11 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -64,6 +67,23 @@ def serve(
         return 0
     finally:
         stop_process(proc)
+
+
+@contextlib.contextmanager
+def served(config: Path, host: str) -> Iterator[None]:
+    """`tuneserve serve --config CONFIG` on ``host``'s address, in its own process (as it would
+    run in production), ready inside the block and stopped after it."""
+    url = urlsplit(host)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tuneserve.cli", "serve", "--config", str(config),
+         "--host", url.hostname or "127.0.0.1", "--port", str(url.port or 80)],
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_ready(host, server)
+        yield
+    finally:
+        stop_process(server)
 
 
 def control_export(config: Path) -> Path:

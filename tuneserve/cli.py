@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,61 +96,43 @@ def _loadtest_config(args: argparse.Namespace) -> Any:
     """The config file, then its --set overrides, then the flags given on the command line."""
     import json
 
-    from loadtests.config import LoadTestConfig
+    from loadtests.config import load_loadtest_config
     from loadtests.slo import parse_duration_s
-    from tuneserve.config import apply_overrides, read_config_file, validate_config
     from tuneserve.errors import ConfigError
 
-    data = apply_overrides(read_config_file(args.config) if args.config else {}, args.overrides)
-    data |= {key: getattr(args, key) for key in LOADTEST_FLAGS if getattr(args, key) is not None}
+    flags = {key: getattr(args, key) for key in LOADTEST_FLAGS}
     for flag, key in LOADTEST_DURATIONS.items():
         if getattr(args, flag) is not None:
-            data[key] = parse_duration_s(getattr(args, flag), "--" + flag.replace("_", "-"))
-    if args.label_names is not None:
-        try:
-            data["label_names"] = json.loads(args.label_names)
-        except ValueError as exc:
-            raise ConfigError(
-                f'--label-names is not JSON ({exc}): e.g. --label-names \'{{"0": "negative"}}\''
-            ) from exc
-    if args.serve and "model" not in data:  # the columns of the model about to be served
+            flags[key] = parse_duration_s(getattr(args, flag), "--" + flag.replace("_", "-"))
+    try:
+        flags["label_names"] = json.loads(args.label_names) if args.label_names else None
+    except ValueError as exc:
+        raise ConfigError(
+            f'--label-names is not JSON ({exc}): e.g. --label-names \'{{"0": "negative"}}\''
+        ) from exc
+    cfg = load_loadtest_config(args.config, args.overrides, flags)
+    if args.serve and cfg.model is None:  # the columns of the model about to be served
         from service.launch import control_export
 
-        data["model"] = str(control_export(Path(args.serve)))
-    return validate_config(LoadTestConfig, data, args.config or "load test options")
+        cfg = cfg.model_copy(update={"model": control_export(Path(args.serve))})
+    return cfg
 
 
 def _loadtest(args: argparse.Namespace) -> int:
     from loadtests.run import run_loadtest
 
     cfg = _loadtest_config(args)
-    server = (lambda: _served(args.serve, cfg.host)) if args.serve else None
+    server = None
+    if args.serve:
+        from functools import partial
+
+        from service.launch import served
+
+        server = partial(served, Path(args.serve), cfg.host)
     return run_loadtest(
         cfg, args.slo, ["tuneserve", *args.argv], find_max=args.find_max,
         max_rate=args.max_rate, precision=args.find_max_precision, server=server,
     )  # fmt: skip
-
-
-@contextlib.contextmanager
-def _served(config: str, host: str) -> Iterator[None]:
-    """`tuneserve serve --config CONFIG` on ``host``'s address, in its own process (as it would
-    run in production), ready inside the block and stopped after it."""
-    import subprocess
-    from urllib.parse import urlsplit
-
-    from service.launch import stop_process, wait_ready
-
-    url = urlsplit(host)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tuneserve.cli", "serve", "--config", config,
-         "--host", url.hostname or "127.0.0.1", "--port", str(url.port or 80)],
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_ready(host, server)
-        yield
-    finally:
-        stop_process(server)
 
 
 class Terminated(KeyboardInterrupt):
