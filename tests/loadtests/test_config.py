@@ -4,6 +4,7 @@ the one JSON file the locustfile reads."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,13 @@ def test_the_config_the_locustfile_imports_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=REPO)  # fmt: skip
     assert out.stdout.strip() == "[]"
+
+
+def test_the_loadtest_extra_holds_what_the_package_imports() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=\[ ;]", d)[0] for d in project["optional-dependencies"]["loadtest"]}
+    assert {"locust", "matplotlib"} <= names  # loadtests/plots.py draws with matplotlib
+    assert "import matplotlib" in (REPO / "loadtests" / "plots.py").read_text()
+    assert project["license"] == "Apache-2.0"  # an SPDX expression, not the deprecated table
