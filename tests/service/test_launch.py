@@ -90,3 +90,19 @@ def test_raw_labels_get_the_models_names() -> None:
     named = DataColumns("text", "label", "test", {"pos": "positive", "neg": "negative"})
     assert launch.model_label("pos", labels, named) == "positive"  # the train config's names
     assert named.model_label("other") == "other"
+
+
+@pytest.mark.slow
+def test_try_sends_the_split_and_prints_the_table(
+    tmp_path: Path, tiny_exports: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import make_sentences, write_tsv
+    from tests.service.conftest import free_port
+
+    variants = {"baseline": tiny_exports["head"], "tuned": tiny_exports["lora"]}
+    config = write_serving_config(tmp_path / "serving.toml", variants, "baseline", workers=1)
+    texts = write_tsv(tmp_path / "test.tsv", make_sentences(12, seed=3))
+    assert launch.serve(config, port=free_port(), try_n=12, texts=texts) == 0
+    out = capsys.readouterr().out
+    assert f"12 texts from {texts}, 0 failed" in out
+    assert "feedback: 12 of 12 true labels stored" in out  # 0/1 named as the models name them
