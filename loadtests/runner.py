@@ -69,6 +69,7 @@ def read_traffic(cfg: LoadTestConfig) -> list[list[Any]]:
 
 def write_settings(cfg: LoadTestConfig, run_dir: Path, rate: float) -> Path:
     """The locustfile's settings as one JSON file in ``run_dir`` (its traffic file beside it)."""
+    run_dir = run_dir.resolve()  # Locust runs in the repository root, maybe not here
     settings = LocustSettings(
         config=cfg.model_copy(update={"rate": rate}),
         traffic=run_dir / "traffic.json",

@@ -129,9 +129,8 @@ def test_the_locustfile_gets_one_settings_file(tmp_path: Path) -> None:
         json.loads(Path(env["TUNESERVE_LOAD_CONFIG"]).read_text())
     )
     assert settings.config == cfg.model_copy(update={"rate": 40.0})
-    assert (
-        settings.traffic == tmp_path / "traffic.json" and settings.raw == tmp_path / "requests.json"
-    )
+    assert settings.traffic == tmp_path.resolve() / "traffic.json"  # absolute: Locust runs
+    assert settings.raw == tmp_path.resolve() / "requests.json"  # in the repository root
 
 
 def test_the_config_the_locustfile_imports_stays_light() -> None:
