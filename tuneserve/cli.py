@@ -212,14 +212,14 @@ def _add_bench_model(sub: Subparsers) -> None:
     bench.set_defaults(handler=_bench_model)
 
 
-def _add_column_arguments(parser: argparse.ArgumentParser, default: Any = None) -> None:
+def _add_column_arguments(parser: argparse.ArgumentParser) -> None:
     """--text-column and --label-column: by default the served model's (its train config's)."""
     parser.add_argument(
-        "--text-column", default=default, help="text column of --texts (default: the one the model "
+        "--text-column", help="text column of --texts (default: the one the model "
         "was trained on, from its manifest)",
     )  # fmt: skip
     parser.add_argument(
-        "--label-column", default=default, help="label column of --texts (default: the one the "
+        "--label-column", help="label column of --texts (default: the one the "
         "model was trained on; integer or string labels)",
     )  # fmt: skip
 
