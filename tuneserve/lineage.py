@@ -61,13 +61,15 @@ def resolve_columns(
     model: Path | None, text_column: str | None = None, label_column: str | None = None
 ) -> DataColumns:
     """Columns named explicitly first, then those ``model`` (an export run) was trained on, then
-    the train config's defaults."""
+    the train config's defaults (both named: the manifests are not read)."""
+    if text_column and label_column:
+        return DataColumns(text_column, label_column, COLUMN_FLAGS)
     if model is not None:
         trained = trained_columns(model)
         return DataColumns(
             text_column or trained.text,
             label_column or trained.label,
-            trained.origin if not (text_column and label_column) else COLUMN_FLAGS,
+            trained.origin,
             trained.label_names,
         )
     return DataColumns(

@@ -99,11 +99,15 @@ def test_a_wrong_column_names_the_flags(tmp_path: Path, topics_csv: Path) -> Non
     assert len(resolve_traffic(without_model)[1]) == 3
 
 
-def test_a_model_without_a_readable_train_run_says_how_to_go_on(tmp_path: Path) -> None:
+def test_a_model_without_a_readable_train_run_says_how_to_go_on(
+    tmp_path: Path, topics_csv: Path
+) -> None:
     model = export_run(tmp_path, {"text_column": "text", "label_column": "label"})
     (tmp_path / "train" / "run-lora" / "manifest.json").unlink()
     with pytest.raises(ManifestError, match=r"pass --text-column/--label-column"):
         resolve_traffic(LoadTestConfig(texts=tmp_path / "x.csv", model=model))
+    both = LoadTestConfig(texts=topics_csv, model=model, text_column="text", label_column="label")
+    assert len(resolve_traffic(both)[1]) == 3  # both columns named: no manifest is read
 
 
 def test_serve_checks_the_traffic_before_starting_a_server(
