@@ -1,4 +1,5 @@
-# Two commands do all the set-up: `make demo` and `make test` (each builds .venv first).
+# Two commands do all the set-up: `make demo` and `make test` (each builds .venv first);
+# `make test-fast` runs the unit tests only.
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ PROM_PORT ?= 9090
 OBSERVE_DIR ?= artifacts/observe
 SCRAPE_INTERVAL ?= 5s
 
-.PHONY: demo serve observe test lint env clean
+.PHONY: demo serve observe test test-fast lint env clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -57,8 +58,13 @@ observe:
 	exec prometheus --config.file=$(OBSERVE_DIR)/prometheus.yml \
 		--storage.tsdb.path=$(OBSERVE_DIR)/data --web.listen-address=127.0.0.1:$(PROM_PORT)
 
+# The full suite, as CI runs it: each test's name as it starts (-v), the 15 slowest at the end.
 test: env
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -v --durations=15
+
+# The unit tier for the edit-test loop: no real MiniLM, no `bentoml serve`, no Locust runs.
+test-fast: env
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not integration and not slow" --durations=10
 
 lint: env
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy

@@ -69,7 +69,7 @@ def measure(
     """Accuracy (batch 1), batch-1 latency percentiles, batch-32 throughput (pad to longest).
 
     Timing is interleaved: each of ``rounds`` rounds times every model on its own slice of the
-    sentences (after a short warm-up), so a noisy neighbour slows all models alike and the ratios
+    texts (after a short warm-up), so a noisy neighbour slows all models alike and the ratios
     stay fair on a shared machine.
     """
     results: dict[str, dict[str, Any]] = {}
@@ -172,8 +172,7 @@ def run_bench(export_dir: Path, sentences: int = 600, out: str | None = None) ->
         "profile": details["profile"],
         "test_examples": len(texts),
         "timed_sentences": min(sentences, len(texts)),
-        "timing": f"interleaved: {ROUNDS} rounds, each model timed on its own slice of the "
-        "sentences",
+        "timing": f"interleaved: {ROUNDS} rounds, each model timed on its own slice of the texts",
         "threads": {"torch": torch.get_num_threads(), "onnxruntime_intra_op": os.cpu_count()},
         "machine": describe_machine(),
         "models": results,
@@ -194,13 +193,13 @@ def run_bench(export_dir: Path, sentences: int = 600, out: str | None = None) ->
 def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Export {report['export_run']} ({report['profile']}); {report['test_examples']} "
-        f"SST-2 test sentences, batch-1 latency over {report['timed_sentences']}; "
+        f"texts of the train run's test split, batch-1 latency over {report['timed_sentences']}; "
         f"{report['machine']['cpu']}, {report['machine']['cores']} cores; torch threads "
         f"{report['threads']['torch']}, ORT intra-op threads "
         f"{report['threads']['onnxruntime_intra_op']}.",
         "",
         "| model | accuracy | agreement w/ PyTorch | batch-1 p50 ms | batch-1 p99 ms | "
-        "batch-32 sent/s | batch-32 agreement w/ batch 1 | file MB | p50 speed-up | "
+        "batch-32 texts/s | batch-32 agreement w/ batch 1 | file MB | p50 speed-up | "
         "throughput ratio |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -227,7 +226,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for ax, key, title in zip(
         axes,
         ("batch1_p50_ms", "batch32_sentences_per_s", "file_mb"),
-        ("batch-1 p50 latency (ms)", "batch-32 throughput (sent/s)", "file size (MB)"),
+        ("batch-1 p50 latency (ms)", "batch-32 throughput (texts/s)", "file size (MB)"),
         strict=True,
     ):
         ax.bar(

@@ -1,1 +1,1 @@
-"""Locust scenarios and the runner that drives them (the SLO gate and reports: issue 6)."""
+"""Load tests: Locust scenarios, the runner that drives them, the SLO gate, reports and plots."""

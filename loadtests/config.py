@@ -1,20 +1,29 @@
-"""The settings of one `tuneserve loadtest` run, validated before Locust starts."""
+"""The settings of one `tuneserve loadtest` run: a house config (TOML, `--set`), validated before
+Locust starts and again inside the locustfile, which reads them from one JSON file.
+
+Imported by the locustfile under gevent: keep its imports light (no numpy, no service).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from tuneserve.config import StrictConfig, apply_overrides, read_config_file, validate_config
+
+SETTINGS_ENV = "TUNESERVE_LOAD_CONFIG"  # the locustfile's one setting: the path of its JSON file
 
 
-class LoadTestConfig(BaseModel):
+class LoadTestConfig(StrictConfig):
     """What to send, how, for how long, and where the reports go."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    host: str = Field(description="base URL of the service, e.g. http://127.0.0.1:3000")
+    host: str = Field(
+        "http://127.0.0.1:3000", description="base URL of the service, e.g. http://127.0.0.1:3000"
+    )
     users: int = Field(10, ge=1, description="closed loop: concurrent users (the shape's peak)")
     spawn_rate: float = Field(10.0, gt=0, description="users started per second")
     duration_s: float = Field(60.0, gt=0, description="measured seconds, after the warm-up")
@@ -32,13 +41,28 @@ class LoadTestConfig(BaseModel):
     )
     late_ms: float = Field(10.0, ge=0, description="open loop: a send this late counts as late")
     path: str = Field("/predict", description="endpoint to load")
-    texts: Path = Field(description="labelled split the sentences (and true labels) come from")
-    text_column: str = Field("sentence", description="text column of the split")
-    label_column: str = Field("label", description="label column of the split")
+    texts: Path | None = Field(
+        None,
+        description="labelled split the texts (and true labels) come from (default: test.tsv "
+        "in $TUNESERVE_DATA, else in ../shared/data/sst2)",
+    )
+    text_column: str | None = Field(
+        None, description="text column of the split (default: the one the model was trained on)"
+    )
+    label_column: str | None = Field(
+        None, description="label column of the split (default: the one the model was trained on)"
+    )
+    model: Path | None = Field(
+        None,
+        description="export run whose train run names the columns and label names (default: "
+        "with --serve, the serving config's control; else the train config's defaults)",
+    )
     feedback: float = Field(0.0, ge=0, le=1, description="probability of posting the true label")
     feedback_delay_s: float = Field(0.0, ge=0, description="seconds from answer to feedback")
     label_names: dict[str, str] = Field(
-        default_factory=dict, description="dataset label -> model label (default: GET /models)"
+        default_factory=dict,
+        description="dataset label -> model label (default: the model's train config, "
+        "else GET /models)",
     )
     distinct_users: int = Field(10000, ge=1, description="sticky user ids drawn from")
     seed: int = Field(0, description="seed of the arrival schedule and the text draws")
@@ -60,3 +84,21 @@ class LoadTestConfig(BaseModel):
         if self.open_loop and self.shape != "constant":
             raise ValueError("--shape applies to closed-loop users; open loop has a fixed rate")
         return self
+
+
+class LocustSettings(StrictConfig):
+    """What the locustfile reads from the JSON file named by $TUNESERVE_LOAD_CONFIG."""
+
+    config: LoadTestConfig = Field(description="the run's config (its rate: the one to offer)")
+    traffic: Path = Field(description="JSON list of [text, label] pairs to draw requests from")
+    raw: Path | None = Field(None, description="where to write the raw per-request rows")
+
+
+def load_loadtest_config(
+    path: str | Path | None, overrides: Sequence[str] = (), flags: Mapping[str, Any] | None = None
+) -> LoadTestConfig:
+    """The config file (defaults without one), then ``--set`` overrides, then ``flags``: the
+    command line's values, None where a flag was not given."""
+    data = apply_overrides(read_config_file(path) if path is not None else {}, overrides)
+    data |= {key: value for key, value in (flags or {}).items() if value is not None}
+    return validate_config(LoadTestConfig, data, str(path or "load test options"))

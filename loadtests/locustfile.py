@@ -1,28 +1,13 @@
-"""Traffic for tuneserve: dataset sentences (real lengths), sticky user ids, one row per variant.
+"""Traffic for tuneserve: dataset texts (real lengths), sticky user ids, one row per variant.
 
-Configured by environment variables (`tuneserve loadtest` and the benchmarks set them):
-  TUNESERVE_LOAD_TEXTS     JSON list of sentences or of [sentence, label] pairs, or a TSV/JSONL
-                           split with a header (sentence/text and label columns; default: SST-2
-                           test)
-  TUNESERVE_LOAD_PATH      endpoint to call (default /predict)
-  TUNESERVE_LOAD_MODE      closed (default: each user sends, waits for the answer, waits
-                           wait_time) or open (one scheduler sends at fixed intended times)
-  TUNESERVE_LOAD_RATE      closed loop: requests per second per user, 0 = no wait (default 0);
-                           open loop: total arrivals per second
-  TUNESERVE_LOAD_ARRIVALS  poisson (default: exponential gaps) or fixed/constant (even pacing)
-  TUNESERVE_LOAD_DURATION_S  open loop: how long the schedule runs (default 30)
-  TUNESERVE_LOAD_MAX_OUTSTANDING  open loop: requests in flight at most; an arrival beyond it is
-                           dropped and recorded as such (default 256)
-  TUNESERVE_LOAD_SEED      seed of the arrival schedule and text draws (default 0)
-  TUNESERVE_LOAD_WARMUP_S  Locust's own statistics are reset after this many seconds (default 0)
-  TUNESERVE_LOAD_FEEDBACK  probability of posting the true label to /feedback (default 0)
-  TUNESERVE_LOAD_FEEDBACK_DELAY_S  seconds between the answer and its feedback (default 0)
-  TUNESERVE_LOAD_LABEL_NAMES  JSON map from dataset label to the model's label name (default:
-                           label i is the i-th entry of the first variant's labels in GET /models)
-  TUNESERVE_LOAD_SHAPE     step or spike (a load shape that ends by itself), with its parameters
-                           as JSON in TUNESERVE_LOAD_SHAPE_PARAMS (see loadtests/shapes.py)
-  TUNESERVE_LOAD_RAW       where to write the raw per-request rows as JSON (default: not written)
-  TUNESERVE_LOAD_USERS     distinct user ids to draw from (default 10000)
+Configured by one environment variable, TUNESERVE_LOAD_CONFIG: the path of a JSON file that
+`tuneserve loadtest` writes into each run folder (``locust_settings.json``) and that this file
+validates with the same models (loadtests/config.py ``LocustSettings``: the run's
+``LoadTestConfig``, the traffic file of [text, label] pairs, where raw rows go). Closed loop
+(``open_loop = false``): each user sends, waits for the answer, waits by ``rate``; open loop: one
+scheduler sends at fixed intended times. ``shape`` step or spike: a load shape that ends by
+itself (loadtests/shapes.py). ``label_names`` empty: label i is the i-th entry of the first
+variant's labels in GET /models.
 
 Each request is named after the X-Model-Variant header of its answer, so every variant gets its
 own latency row. Raw rows (time, latency in ms, status, variant, kind, lateness in ms) let
@@ -57,55 +42,46 @@ from locust import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from loadtests.shapes import make_tick
+from loadtests.config import SETTINGS_ENV, LocustSettings
+from loadtests.shapes import default_params, make_tick
+from tuneserve.config import validate_config
 
 log = logging.getLogger("tuneserve.locustfile")
-SST2_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "test.tsv"
 
 
-def load_rows(source: str) -> list[tuple[str, Any]]:
-    """(sentence, label or None) from a JSON list, a TSV with a header, or JSONL."""
-    path = Path(source)
-    raw = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        items = json.loads(raw)
-        return [(str(i[0]), i[1]) if isinstance(i, list) else (str(i), None) for i in items]
-    if path.suffix == ".jsonl":
-        records = [json.loads(line) for line in raw.splitlines() if line.strip()]
-        return [(str(r["text"]), r.get("label")) for r in records]
-    lines = raw.splitlines()
-    header = lines[0].split("\t")
-    label_col = header.index("label") if "label" in header else None
-    rows = []
-    for line in lines[1:]:
-        if line.strip():
-            cells = line.split("\t")
-            rows.append((cells[0], cells[label_col] if label_col is not None else None))
-    return rows
+def load_settings() -> LocustSettings:
+    """The settings file named by $TUNESERVE_LOAD_CONFIG, validated."""
+    source = os.environ.get(SETTINGS_ENV)
+    if not source:
+        sys.exit(
+            f"error: {SETTINGS_ENV} is not set: run this locustfile through `tuneserve "
+            "loadtest`, or point it at the locust_settings.json of a loadtest run folder"
+        )
+    return validate_config(LocustSettings, json.loads(Path(source).read_text(encoding="utf-8")),
+                           source)  # fmt: skip
 
 
-def load_texts(source: str) -> list[str]:
-    """Sentences only (kept for scripts that want just the texts)."""
-    return [text for text, _ in load_rows(source)]
-
-
-ENV = os.environ.get
-ROWS_IN = load_rows(ENV("TUNESERVE_LOAD_TEXTS", str(SST2_TEST)))
-PATH = ENV("TUNESERVE_LOAD_PATH", "/predict")
-MODE = ENV("TUNESERVE_LOAD_MODE", "closed")
-RATE = float(ENV("TUNESERVE_LOAD_RATE", "0"))
-ARRIVALS = ENV("TUNESERVE_LOAD_ARRIVALS", "poisson")
-DURATION_S = float(ENV("TUNESERVE_LOAD_DURATION_S", "30"))
-MAX_OUTSTANDING = int(ENV("TUNESERVE_LOAD_MAX_OUTSTANDING", "256"))
-SEED = int(ENV("TUNESERVE_LOAD_SEED", "0"))
-WARMUP_S = float(ENV("TUNESERVE_LOAD_WARMUP_S", "0"))
-FEEDBACK = float(ENV("TUNESERVE_LOAD_FEEDBACK", "0"))
-FEEDBACK_DELAY_S = float(ENV("TUNESERVE_LOAD_FEEDBACK_DELAY_S", "0"))
-LABEL_NAMES: dict[str, str] = json.loads(ENV("TUNESERVE_LOAD_LABEL_NAMES", "{}"))
-SHAPE = ENV("TUNESERVE_LOAD_SHAPE", "")
-SHAPE_PARAMS = json.loads(ENV("TUNESERVE_LOAD_SHAPE_PARAMS", "{}"))
-RAW = ENV("TUNESERVE_LOAD_RAW")
-USERS = int(ENV("TUNESERVE_LOAD_USERS", "10000"))
+SETTINGS = load_settings()
+CFG = SETTINGS.config
+ROWS_IN: list[tuple[str, Any]] = [
+    (str(item[0]), item[1]) if isinstance(item, list) else (str(item), None)
+    for item in json.loads(SETTINGS.traffic.read_text(encoding="utf-8"))
+]
+PATH = CFG.path
+MODE = "open" if CFG.open_loop else "closed"
+RATE = CFG.rate
+ARRIVALS = CFG.arrivals
+DURATION_S = CFG.warmup_s + CFG.duration_s
+MAX_OUTSTANDING = CFG.max_outstanding
+SEED = CFG.seed
+WARMUP_S = CFG.warmup_s
+FEEDBACK = CFG.feedback
+FEEDBACK_DELAY_S = CFG.feedback_delay_s
+LABEL_NAMES: dict[str, str] = dict(CFG.label_names)
+SHAPE = CFG.shape if MODE == "closed" and CFG.shape != "constant" else ""
+SHAPE_PARAMS = default_params(SHAPE, CFG.users, CFG.spawn_rate, DURATION_S) if SHAPE else {}
+RAW = SETTINGS.raw
+USERS = CFG.distinct_users
 
 ROWS: list[tuple[float, float, int, str, str, float]] = []
 META: dict[str, Any] = {"mode": MODE, "started_at": None, "rate": RATE, "arrivals": ARRIVALS}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +16,8 @@ from loadtests.errors import LoadTestError
 from loadtests.findmax import find_max_rate
 from loadtests.plots import plot_over_time, plot_vs_load
 from loadtests.report import base_report, format_table, write_report
-from loadtests.runner import check_host, read_traffic, run_locust
-from loadtests.slo import check_slo, parse_slo
+from loadtests.runner import check_host, resolve_traffic, run_locust
+from loadtests.slo import Bound, check_slo, parse_slo
 
 log = logging.getLogger(__name__)
 SLO_BROKEN_EXIT = 3  # 1 is for errors (bad input, unreachable host), 2 for usage
@@ -42,14 +45,24 @@ def _mode(cfg: LoadTestConfig, find_max: bool) -> str:
 def run_loadtest(
     cfg: LoadTestConfig, slo: str | None, command: list[str], find_max: bool = False,
     max_rate: float = 1000.0, precision: float = 0.1,
+    server: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> int:  # fmt: skip
-    """Run, report, print the summary; 0, or SLO_BROKEN_EXIT when a bound is broken."""
+    """Check every input, start ``server`` (if any), run, report, print the summary; 0, or
+    SLO_BROKEN_EXIT when a bound is broken."""
     bounds = parse_slo(slo) if slo else []
     if find_max and not bounds:
         raise LoadTestError("--find-max needs --slo: the bound the highest rate must meet")
     if find_max and not 0 < precision < 1:
         raise LoadTestError(f"--find-max-precision must be between 0 and 1, got {precision}")
-    traffic = read_traffic(cfg)
+    cfg, traffic = resolve_traffic(cfg)
+    with server() if server else contextlib.nullcontext():
+        return _measure(cfg, bounds, slo, traffic, command, find_max, max_rate, precision)
+
+
+def _measure(
+    cfg: LoadTestConfig, bounds: list[Bound], slo: str | None, traffic: list[list[Any]],
+    command: list[str], find_max: bool, max_rate: float, precision: float,
+) -> int:  # fmt: skip
     check_host(cfg.host)
     run_dir = make_run_dir(cfg)
     report: dict[str, Any] = base_report(cfg.host, command)

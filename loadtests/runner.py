@@ -1,7 +1,9 @@
 """Run Locust headless in a subprocess and turn its raw rows into a report and an SLO verdict.
 
 Locust monkey-patches the interpreter with gevent when imported, so it never runs in this
-process: the locustfile is configured through environment variables and writes raw rows.
+process: the runner writes the run's settings (the resolved config, validated by the same model in
+the locustfile) as one JSON file and passes its path in one environment variable; the locustfile
+writes raw rows.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from loadtests.config import LoadTestConfig
+from loadtests.config import SETTINGS_ENV, LoadTestConfig, LocustSettings
 from loadtests.errors import LoadTestError
-from loadtests.shapes import default_params
 from loadtests.stats import read_samples, summary_rows, windows
-from tuneserve.data import read_split
+from tuneserve.lineage import default_test_split, read_labelled, resolve_columns
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
@@ -44,42 +45,48 @@ def check_host(host: str, timeout_s: float = 5.0) -> None:
         ) from exc
 
 
-def read_traffic(cfg: LoadTestConfig) -> list[list[Any]]:
-    """The split's [text, label] pairs, read (and checked) before anything starts."""
-    split = read_split("load-test", cfg.texts, cfg.text_column, cfg.label_column)
+def resolve_traffic(cfg: LoadTestConfig) -> tuple[LoadTestConfig, list[list[Any]]]:
+    """The config with its split, columns and label names filled in (from ``cfg.model``'s train
+    run where not given), and the split's [text, label] pairs: read and checked before anything
+    starts."""
+    texts = cfg.texts or default_test_split()
+    columns = resolve_columns(cfg.model, cfg.text_column, cfg.label_column)
+    split = read_labelled("load-test", texts, columns)
     pairs = [[str(t), lab] for t, lab in zip(split.texts, split.labels, strict=True) if t]
     if not pairs:
-        raise LoadTestError(f"{cfg.texts} has no texts to send")
-    return pairs
+        raise LoadTestError(f"{texts} has no texts to send")
+    resolved = cfg.model_copy(update={
+        "texts": texts, "text_column": columns.text, "label_column": columns.label,
+        "label_names": cfg.label_names or columns.label_names,
+    })  # fmt: skip
+    return resolved, pairs
 
 
-def locust_env(cfg: LoadTestConfig, run_dir: Path, rate: float) -> dict[str, str]:
-    """The locustfile's settings (see its docstring)."""
-    env = {
+def read_traffic(cfg: LoadTestConfig) -> list[list[Any]]:
+    """The split's [text, label] pairs, read (and checked) before anything starts."""
+    return resolve_traffic(cfg)[1]
+
+
+def write_settings(cfg: LoadTestConfig, run_dir: Path, rate: float) -> Path:
+    """The locustfile's settings as one JSON file in ``run_dir`` (its traffic file beside it)."""
+    run_dir = run_dir.resolve()  # Locust runs in the repository root, maybe not here
+    settings = LocustSettings(
+        config=cfg.model_copy(update={"rate": rate}),
+        traffic=run_dir / "traffic.json",
+        raw=run_dir / "requests.json",
+    )
+    path = run_dir / "locust_settings.json"
+    path.write_text(settings.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def locust_env(settings: Path) -> dict[str, str]:
+    """This environment, with the settings file and this checkout on the import path."""
+    return {
         **os.environ,
-        "TUNESERVE_LOAD_TEXTS": str(run_dir / "traffic.json"),
-        "TUNESERVE_LOAD_PATH": cfg.path,
-        "TUNESERVE_LOAD_MODE": "open" if cfg.open_loop else "closed",
-        "TUNESERVE_LOAD_RATE": str(rate),
-        "TUNESERVE_LOAD_ARRIVALS": cfg.arrivals,
-        "TUNESERVE_LOAD_DURATION_S": str(cfg.warmup_s + cfg.duration_s),
-        "TUNESERVE_LOAD_MAX_OUTSTANDING": str(cfg.max_outstanding),
-        "TUNESERVE_LOAD_SEED": str(cfg.seed),
-        "TUNESERVE_LOAD_WARMUP_S": str(cfg.warmup_s),
-        "TUNESERVE_LOAD_FEEDBACK": str(cfg.feedback),
-        "TUNESERVE_LOAD_FEEDBACK_DELAY_S": str(cfg.feedback_delay_s),
-        "TUNESERVE_LOAD_LABEL_NAMES": json.dumps(cfg.label_names),
-        "TUNESERVE_LOAD_RAW": str(run_dir / "requests.json"),
-        "TUNESERVE_LOAD_USERS": str(cfg.distinct_users),
+        SETTINGS_ENV: str(settings),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    env.pop("TUNESERVE_LOAD_SHAPE", None)
-    if cfg.shape != "constant" and not cfg.open_loop:
-        total = cfg.warmup_s + cfg.duration_s
-        params = default_params(cfg.shape, cfg.users, cfg.spawn_rate, total)
-        env["TUNESERVE_LOAD_SHAPE"] = cfg.shape
-        env["TUNESERVE_LOAD_SHAPE_PARAMS"] = json.dumps(params)
-    return env
 
 
 def locust_command(cfg: LoadTestConfig, run_dir: Path) -> list[str]:
@@ -123,7 +130,7 @@ def run_locust(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "traffic.json").write_text(json.dumps(traffic))
     command = locust_command(cfg, run_dir)
-    env = locust_env(cfg, run_dir, cfg.rate if rate is None else rate)
+    env = locust_env(write_settings(cfg, run_dir, cfg.rate if rate is None else rate))
     total = cfg.warmup_s + cfg.duration_s
     started = time.monotonic()
     with (run_dir / "locust.log").open("wb") as out:

@@ -1,1 +1,1 @@
-"""The BentoML prediction service (never imports torch): not built yet, see issue 4."""
+"""The BentoML service: variants, A/B routing, feedback store, statistics, metrics; no torch."""

@@ -1,12 +1,13 @@
 """`tuneserve serve`: check the serving config, start `bentoml serve`, optionally try it out.
 
-With ``--try N`` it waits until the service is ready, sends N labelled sentences (4 at a time) to
+With ``--try N`` it waits until the service is ready, sends N labelled texts (4 at a time) to
 POST /predict, prints per variant what came back (accuracy against the labels, client-side
 latency), and stops the server: the serving step of `make demo`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,16 +17,18 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from service.config import CONFIG_ENV, load_serving_config
 from service.model import read_export
-from tuneserve.data import read_split
 from tuneserve.errors import RunError
+from tuneserve.lineage import DataColumns, read_labelled, resolve_columns
 
 
 def serve(
@@ -34,8 +37,14 @@ def serve(
     port: int = 3000,
     try_n: int = 0,
     texts: Path | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
 ) -> int:
-    """Run the service until it stops (or, with ``try_n``, until the try-out is done)."""
+    """Run the service until it stops (or, with ``try_n``, until the try-out is done).
+
+    The try-out's columns are those the control was trained on (its manifest chain) unless
+    named; the split is read and checked before the server starts.
+    """
     settings = load_serving_config(config)
     for variant in settings.variants:
         read_export(variant.path)  # a clear error now rather than a traceback from a worker
@@ -43,7 +52,8 @@ def serve(
     if try_n:
         if texts is None:
             raise RunError("--try needs --texts: a labelled split (TSV/CSV/JSONL/Parquet)")
-        split = read_split("try", texts, "sentence", "label")
+        columns = resolve_columns(settings.control.path, text_column, label_column)
+        split = read_labelled("try", texts, columns)
     env = {**os.environ, CONFIG_ENV: str(config.resolve()), "BENTOML_DO_NOT_TRACK": "true"}
     command = [sys.executable, "-m", "bentoml", "serve", "service.app:Tuneserve"]
     command += ["--host", host, "--port", str(port)]
@@ -53,10 +63,32 @@ def serve(
             return proc.wait()
         url = f"http://{host}:{port}"
         wait_ready(url, proc)
-        try_out(url, split.texts[:try_n], split.labels[:try_n], split.origin)
+        try_out(url, split.texts[:try_n], split.labels[:try_n], split.origin, columns)
         return 0
     finally:
         stop_process(proc)
+
+
+@contextlib.contextmanager
+def served(config: Path, host: str) -> Iterator[None]:
+    """`tuneserve serve --config CONFIG` on ``host``'s address, in its own process (as it would
+    run in production), ready inside the block and stopped after it."""
+    url = urlsplit(host)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tuneserve.cli", "serve", "--config", str(config),
+         "--host", url.hostname or "127.0.0.1", "--port", str(url.port or 80)],
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_ready(host, server)
+        yield
+    finally:
+        stop_process(server)
+
+
+def control_export(config: Path) -> Path:
+    """The export run of the serving config's control variant."""
+    return Path(load_serving_config(config).control.path)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
@@ -109,8 +141,20 @@ def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
     return status, payload, time.perf_counter() - started
 
 
-def try_out(url: str, texts: list[Any], labels: list[Any], origin: str) -> None:
-    """Send labelled sentences and print a per-variant table."""
+def model_label(truth: Any, labels: list[str], columns: DataColumns | None) -> str:
+    """A variant's name for a raw dataset label: the train config's label names, else label i is
+    the variant's i-th label, else the raw label itself (string labels)."""
+    if columns is not None and str(truth) in columns.label_names:
+        return columns.label_names[str(truth)]
+    if str(truth).isdigit() and int(truth) < len(labels):
+        return labels[int(truth)]
+    return str(truth)
+
+
+def try_out(
+    url: str, texts: list[Any], labels: list[Any], origin: str, columns: DataColumns | None = None
+) -> None:
+    """Send labelled texts and print a per-variant table."""
     with urllib.request.urlopen(f"{url}/models", timeout=10) as response:
         models = json.loads(response.read())
     names = {v["name"]: v["labels"] for v in models["variants"]}
@@ -127,14 +171,13 @@ def try_out(url: str, texts: list[Any], labels: list[Any], origin: str) -> None:
         if status != 200:
             failures[f"{status} {body.get('kind', '?')}: {body.get('error', '')}"] += 1
             continue
-        label_names = names[body["variant"]]
-        expected = label_names[int(truth)] if str(truth).isdigit() else str(truth)
+        expected = model_label(truth, names[body["variant"]], columns)
         row = rows.setdefault(body["variant"], {"correct": [], "latency": []})
         row["correct"].append(float(body["label"] == expected))
         row["latency"].append(seconds * 1000)
     failed = sum(failures.values())
     why = f" ({', '.join(f'{n} x {kind}' for kind, n in failures.most_common())})" if failed else ""
-    print(f"\ntuneserve at {url}: {len(texts)} sentences from {origin}, {failed} failed{why}")
+    print(f"\ntuneserve at {url}: {len(texts)} texts from {origin}, {failed} failed{why}")
     print(
         f"{'variant':<12}{'version':<34}{'requests':>9}{'accuracy':>10}{'p50 ms':>8}{'p99 ms':>8}"
     )
@@ -146,7 +189,7 @@ def try_out(url: str, texts: list[Any], labels: list[Any], origin: str) -> None:
             f"{np.percentile(lat, 50):>8.1f}{np.percentile(lat, 99):>8.1f}"
         )
     print("(latency measured by this client, 4 requests at a time, on the same machine)")
-    post_feedback_and_report(url, results, labels, names)
+    post_feedback_and_report(url, results, labels, names, columns)
 
 
 def post_feedback_and_report(
@@ -154,13 +197,13 @@ def post_feedback_and_report(
     results: list[tuple[int, dict[str, Any], float]],
     labels: list[Any],
     names: dict[str, list[str]],
+    columns: DataColumns | None = None,
 ) -> None:
     """Post each true label as feedback, then print the service's A/B report."""
     jobs = []
     for (status, body, _), truth in zip(results, labels, strict=True):
         if status == 200:
-            label_names = names[body["variant"]]
-            label = label_names[int(truth)] if str(truth).isdigit() else str(truth)
+            label = model_label(truth, names[body["variant"]], columns)
             jobs.append({"prediction_id": body["prediction_id"], "label": label})
     with ThreadPoolExecutor(4) as pool:
         acks = list(pool.map(lambda job: _post(f"{url}/feedback", job)[0], jobs))

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tuneserve import __version__
 from tuneserve.errors import TuneserveError
 
 log = logging.getLogger("tuneserve")
 SERVING_CONFIG_HELP = "serving config (default: $TUNESERVE_SERVING_CONFIG or configs/serving.toml)"
+Subparsers = Any  # argparse._SubParsersAction, private
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -64,104 +65,74 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = Path(args.config) if args.config else config_path()
     texts = Path(args.texts) if args.texts else None
-    return serve(config, args.host, args.port, try_n=args.try_n, texts=texts)
+    return serve(
+        config, args.host, args.port, try_n=args.try_n, texts=texts,
+        text_column=args.text_column, label_column=args.label_column,
+    )  # fmt: skip
 
 
 def _ab_report(args: argparse.Namespace) -> int:
-    import json
+    from service.offline import print_report
 
-    from service.config import config_path, load_serving_config
-    from service.dialect import connect, is_url, redact
-    from service.report import build_report, format_report
-    from service.store import Store
-
-    settings = load_serving_config(Path(args.config) if args.config else config_path())
-    db: Path | str = args.db or settings.store.location()
-    if is_url(db):
-        conn = connect(db, settings.store.busy_timeout_ms, durable=True)
-        try:  # a report reads a store; it does not create one in an empty database
-            exists = conn.table_exists("schema_version")
-        finally:
-            conn.close()
-        if not exists:
-            raise TuneserveError(f"no experiment store at {redact(db)}: pass --db or serve first")
-    else:
-        db = Path(db)
-        if not db.is_file():
-            raise TuneserveError(f"no experiment store at {db}: pass --db or serve first")
-    report = build_report(Store(db), settings)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    if args.html:
-        from service.report_page import render_page
-
-        Path(args.html).write_text(render_page(report), encoding="utf-8")
-        print(f"HTML report written to {args.html}")
+    print_report(Path(args.config) if args.config else None, args.db, args.json, args.html)
     return 0
 
 
 def _bench_model(args: argparse.Namespace) -> int:
     from export.bench import run_bench
 
-    run_bench(Path(args.source), sentences=args.sentences, out=args.out)
+    run_bench(Path(args.source), sentences=args.timed, out=args.out)
     return 0
 
 
-def _loadtest(args: argparse.Namespace) -> int:
+LOADTEST_FLAGS = ("host", "users", "spawn_rate", "shape", "open_loop", "rate", "arrivals",
+                  "max_outstanding", "path", "texts", "text_column", "label_column", "model",
+                  "feedback", "seed", "out", "run_id")  # fmt: skip
+LOADTEST_DURATIONS = {"duration": "duration_s", "warmup": "warmup_s",
+                      "feedback_delay": "feedback_delay_s"}  # fmt: skip
+
+
+def _loadtest_config(args: argparse.Namespace) -> Any:
+    """The config file, then its --set overrides, then the flags given on the command line."""
     import json
 
-    from loadtests.config import LoadTestConfig
-    from loadtests.run import run_loadtest
-    from loadtests.runner import REPO
+    from loadtests.config import load_loadtest_config
     from loadtests.slo import parse_duration_s
-    from tuneserve.config import validate_config
     from tuneserve.errors import ConfigError
 
+    flags = {key: getattr(args, key) for key in LOADTEST_FLAGS}
+    for flag, key in LOADTEST_DURATIONS.items():
+        if getattr(args, flag) is not None:
+            flags[key] = parse_duration_s(getattr(args, flag), "--" + flag.replace("_", "-"))
     try:
-        label_names = json.loads(args.label_names) if args.label_names else {}
+        flags["label_names"] = json.loads(args.label_names) if args.label_names else None
     except ValueError as exc:
         raise ConfigError(
             f'--label-names is not JSON ({exc}): e.g. --label-names \'{{"0": "negative"}}\''
         ) from exc
-    texts = args.texts or REPO.parent / "shared" / "data" / "sst2" / "test.tsv"
-    options = {
-        "host": args.host, "users": args.users, "spawn_rate": args.spawn_rate,
-        "duration_s": parse_duration_s(args.duration, "--duration"),
-        "warmup_s": parse_duration_s(args.warmup, "--warmup"), "shape": args.shape,
-        "open_loop": args.open_loop, "rate": args.rate, "arrivals": args.arrivals,
-        "max_outstanding": args.max_outstanding, "path": args.path, "texts": texts,
-        "feedback": args.feedback,
-        "feedback_delay_s": parse_duration_s(args.feedback_delay, "--feedback-delay"),
-        "label_names": label_names, "seed": args.seed, "out": args.out, "run_id": args.run_id,
-    }  # fmt: skip
-    cfg = validate_config(LoadTestConfig, options, "load test options")
-    command = ["tuneserve", *args.argv]
-    with _served(args.serve, args.host) if args.serve else contextlib.nullcontext():
-        return run_loadtest(
-            cfg, args.slo, command, find_max=args.find_max, max_rate=args.max_rate,
-            precision=args.find_max_precision,
-        )  # fmt: skip
+    cfg = load_loadtest_config(args.config, args.overrides, flags)
+    if args.serve and cfg.model is None:  # the columns of the model about to be served
+        from service.launch import control_export
+
+        cfg = cfg.model_copy(update={"model": control_export(Path(args.serve))})
+    return cfg
 
 
-@contextlib.contextmanager
-def _served(config: str, host: str) -> Iterator[None]:
-    """`tuneserve serve --config CONFIG` on ``host``'s address, in its own process (as it would
-    run in production), ready inside the block and stopped after it."""
-    import subprocess
-    from urllib.parse import urlsplit
+def _loadtest(args: argparse.Namespace) -> int:
+    from loadtests.run import run_loadtest
 
-    from service.launch import stop_process, wait_ready
+    cfg = _loadtest_config(args)
+    server = None
+    if args.serve:
+        from functools import partial
 
-    url = urlsplit(host)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tuneserve.cli", "serve", "--config", config,
-         "--host", url.hostname or "127.0.0.1", "--port", str(url.port or 80)],
-        start_new_session=True,
+        from service.launch import served
+
+        server = partial(served, Path(args.serve), cfg.host)
+    return run_loadtest(
+        cfg, args.slo, ["tuneserve", *args.argv], find_max=args.find_max,
+        max_rate=args.max_rate, precision=args.find_max_precision, server=server,
     )  # fmt: skip
-    try:
-        wait_ready(host, server)
-        yield
-    finally:
-        stop_process(server)
 
 
 class Terminated(KeyboardInterrupt):
@@ -190,14 +161,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tuneserve", description="Fine-tune, export and serve transformer text classifiers."
-    )
-    parser.add_argument("--version", action="version", version=f"tuneserve {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_train(sub: Subparsers) -> None:
     train = sub.add_parser("train", help="check the data, train baseline and/or LoRA, evaluate")
     add_config_arguments(train, "lora.r=8")
     train.add_argument(
@@ -208,12 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="data directory (overrides $TUNESERVE_DATA and data.source)")
     train.add_argument("--run-id", help="run name; directories are RUN_ID-METHOD")
     train.add_argument(
-        "--overwrite",
-        action="store_true",
+        "--overwrite", action="store_true",
         help="replace runs of the same id (only once the new run finishes)",
-    )
+    )  # fmt: skip
     train.set_defaults(handler=_train)
 
+
+def _add_compare(sub: Subparsers) -> None:
     cmp = sub.add_parser("compare", help="compare two train runs (baseline first)")
     cmp.add_argument("run_a", help="baseline run directory")
     cmp.add_argument("run_b", help="tuned run directory")
@@ -222,112 +187,147 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--overwrite", action="store_true", help="replace a comparison of that id")
     cmp.set_defaults(handler=_compare)
 
+
+def _add_export(sub: Subparsers) -> None:
     exp = sub.add_parser("export", help="merge, export to ONNX, optimise, quantise, gate")
     exp.add_argument("--from", dest="source", required=True, help="a finished train run")
     exp.add_argument(
-        "--profile",
-        choices=["cpu-int8", "cpu-fp32", "gpu-fp16"],
+        "--profile", choices=["cpu-int8", "cpu-fp32", "gpu-fp16"],
         help="serving model kind (default: gpu-fp16 with CUDA, else cpu-int8)",
-    )
+    )  # fmt: skip
     add_config_arguments(exp, "gates.min_agreement=0.98")
     exp.add_argument("--run-id", help="name of the export directory (default: TRAIN_RUN-PROFILE)")
     exp.add_argument("--overwrite", action="store_true", help="replace an export of that id")
     exp.set_defaults(handler=_export)
 
+
+def _add_bench_model(sub: Subparsers) -> None:
     bench = sub.add_parser("bench-model", help="PyTorch vs ONNX fp32 vs the serving model")
     bench.add_argument("--from", dest="source", required=True, help="a finished export run")
     bench.add_argument(
-        "--sentences",
-        type=int,
-        default=600,
-        help="test sentences timed at batch 1 (accuracy uses the whole split)",
-    )
+        "--timed", "--sentences", dest="timed", type=int, default=600, metavar="N",
+        help="test texts timed at batch 1 (accuracy uses the whole split; --sentences: old name)",
+    )  # fmt: skip
     bench.add_argument("--out", help="output directory (default: artifacts/bench-model/RUN_ID)")
     bench.set_defaults(handler=_bench_model)
 
+
+def _add_column_arguments(parser: argparse.ArgumentParser) -> None:
+    """--text-column and --label-column: by default the served model's (its train config's)."""
+    parser.add_argument(
+        "--text-column", help="text column of --texts (default: the one the model "
+        "was trained on, from its manifest)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--label-column", help="label column of --texts (default: the one the "
+        "model was trained on; integer or string labels)",
+    )  # fmt: skip
+
+
+def _add_serve(sub: Subparsers) -> None:
     srv = sub.add_parser("serve", help="serve the variants of a serving config (bentoml serve)")
-    srv.add_argument(
-        "--config",
-        help=SERVING_CONFIG_HELP,
-    )
+    srv.add_argument("--config", help=SERVING_CONFIG_HELP)
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on")
     srv.add_argument("--port", type=int, default=3000, help="port to listen on")
     srv.add_argument(
-        "--try",
-        dest="try_n",
-        type=int,
-        default=0,
-        metavar="N",
-        help="once ready, send N labelled sentences from --texts, print a table, and stop",
-    )
-    srv.add_argument("--texts", help="labelled split for --try (sentence and label columns)")
+        "--try", dest="try_n", type=int, default=0, metavar="N",
+        help="once ready, send N labelled texts from --texts, print a table, and stop",
+    )  # fmt: skip
+    srv.add_argument("--texts", help="labelled split for --try (TSV/CSV/JSONL/Parquet)")
+    _add_column_arguments(srv)
     srv.set_defaults(handler=_serve, interrupted="stopped")
 
+
+def _add_ab_report(sub: Subparsers) -> None:
     rep = sub.add_parser("ab-report", help="print the A/B report from the experiment store")
     rep.add_argument(
-        "--db",
-        help="SQLite file or postgresql:// URL (default: the serving config's store)",
+        "--db", help="SQLite file or postgresql:// URL (default: the serving config's store)"
     )
-    rep.add_argument(
-        "--config",
-        help=SERVING_CONFIG_HELP,
-    )
+    rep.add_argument("--config", help=SERVING_CONFIG_HELP)
     rep.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rep.add_argument("--html", metavar="PATH", help="also write the HTML page (accuracy over time)")
     rep.set_defaults(handler=_ab_report)
 
-    load = sub.add_parser("loadtest", help="Locust load test with an SLO gate and reports")
-    load.add_argument("--host", default="http://127.0.0.1:3000", help="service base URL")
-    load.add_argument("--users", type=int, default=10, help="closed loop: users (shape's peak)")
-    load.add_argument("--spawn-rate", type=float, default=10.0, help="users started per second")
-    load.add_argument("--duration", default="60s", help="measured time after the warm-up")
-    load.add_argument("--warmup", default="5s", help="time at the start left out of statistics")
+
+def _add_loadtest(sub: Subparsers) -> None:
+    """Every traffic flag defaults to None: unset flags leave the config file's value (or the
+    default in loadtests/config.py, the one place defaults live)."""
+    load = sub.add_parser(
+        "loadtest", help="Locust load test with an SLO gate and reports",
+        description="Flags override --config FILE and --set; the defaults and every key are in "
+        "configs/loadtest.toml.",
+    )  # fmt: skip
+    add_config_arguments(load, "rate=50")
+    load.add_argument("--host", help="service base URL (default http://127.0.0.1:3000)")
+    load.add_argument("--users", type=int, help="closed loop: users (the shape's peak)")
+    load.add_argument("--spawn-rate", type=float, help="users started per second")
+    load.add_argument("--duration", help="measured time after the warm-up, e.g. 60s")
+    load.add_argument("--warmup", help="time at the start left out of statistics, e.g. 5s")
+    load.add_argument("--shape", choices=["constant", "step", "spike"], help="closed-loop users")
+    load.add_argument(
+        "--open-loop", action="store_true", default=None,
+        help="constant arrival rate (--rate); latency measured from the intended send time",
+    )  # fmt: skip
+    load.add_argument("--rate", type=float, help="open loop: requests/s; closed loop: per user")
+    load.add_argument("--arrivals", choices=["poisson", "fixed"], help="gaps between arrivals")
+    load.add_argument(
+        "--max-outstanding", type=int,
+        help="open loop: requests in flight at most (later arrivals are dropped and reported)",
+    )  # fmt: skip
+    load.add_argument("--path", help="endpoint to load (default /predict)")
+    load.add_argument(
+        "--texts",
+        help="labelled split (default: test.tsv in $TUNESERVE_DATA or ../shared/data/sst2)",
+    )
+    _add_column_arguments(load)
+    load.add_argument(
+        "--model", help="export run whose train run names the columns (default: with --serve, the "
+        "serving config's control)",
+    )  # fmt: skip
+    load.add_argument("--feedback", type=float, help="probability of feedback posts")
+    load.add_argument("--feedback-delay", help="time from answer to its feedback, e.g. 0.5s")
+    load.add_argument(
+        "--label-names", help="JSON dataset label -> model label (default: the model's, or "
+        "GET /models)",
+    )  # fmt: skip
+    load.add_argument("--seed", type=int, help="seed of arrivals and text draws")
+    load.add_argument("--out", help="reports go to OUT/RUN_ID/ (default artifacts/loadtest)")
+    load.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
+    _add_gate_arguments(load)
+    load.set_defaults(handler=_loadtest)
+
+
+def _add_gate_arguments(load: argparse.ArgumentParser) -> None:
+    """The SLO gate, find-max and --serve: how the run is judged and what it starts."""
     load.add_argument(
         "--slo",
-        help="e.g. p99=100ms,fail=1% (also p50, p90, p95, p99.9, max, rps); exit code 3 if broken",
-    )
-    load.add_argument("--shape", choices=["constant", "step", "spike"], default="constant")
-    load.add_argument(
-        "--open-loop",
-        action="store_true",
-        help="constant arrival rate (--rate); latency measured from the intended send time",
-    )
-    load.add_argument(
-        "--rate", type=float, default=0.0, help="open loop: requests/s; closed loop: per user"
-    )
-    load.add_argument("--arrivals", choices=["poisson", "fixed"], default="poisson")
-    load.add_argument(
-        "--max-outstanding",
-        type=int,
-        default=256,
-        help="open loop: requests in flight at most (later arrivals are dropped and reported)",
+        help="e.g. p99=100ms,fail=1%% (also p50, p90, p95, p99.9, max, rps); exit code 3 if broken",
     )
     load.add_argument(
         "--find-max", action="store_true", help="search the highest open-loop rate meeting --slo"
     )
     load.add_argument("--max-rate", type=float, default=1000.0, help="find-max: highest rate tried")
     load.add_argument(
-        "--find-max-precision",
-        type=float,
-        default=0.1,
+        "--find-max-precision", type=float, default=0.1,
         help="find-max: stop when the bracket is within this fraction of its top",
-    )
-    load.add_argument("--path", default="/predict", help="endpoint to load")
-    load.add_argument("--texts", help="labelled split (default: ../shared/data/sst2/test.tsv)")
-    load.add_argument("--feedback", type=float, default=0.0, help="probability of feedback posts")
-    load.add_argument("--feedback-delay", default="0s", help="time from answer to its feedback")
+    )  # fmt: skip
     load.add_argument(
-        "--label-names", help="JSON dataset label -> model label (default: from GET /models)"
-    )
-    load.add_argument("--seed", type=int, default=0, help="seed of arrivals and text draws")
-    load.add_argument("--out", default="artifacts/loadtest", help="reports go to OUT/RUN_ID/")
-    load.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
-    load.add_argument(
-        "--serve",
-        metavar="CONFIG",
+        "--serve", metavar="CONFIG",
         help="start `tuneserve serve --config CONFIG` on --host first, stop it afterwards",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `tuneserve` parser: one subcommand per stage."""
+    parser = argparse.ArgumentParser(
+        prog="tuneserve", description="Fine-tune, export and serve transformer text classifiers."
     )
-    load.set_defaults(handler=_loadtest)
+    parser.add_argument("--version", action="version", version=f"tuneserve {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_compare, _add_export, _add_bench_model, _add_serve,
+                _add_ab_report, _add_loadtest):  # fmt: skip
+        add(sub)
     return parser
 
 

@@ -52,9 +52,14 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
 
 
 def read_split(
-    name: str, path: Path, text_column: str, label_column: str, fmt: str = "auto"
+    name: str,
+    path: Path,
+    text_column: str,
+    label_column: str,
+    fmt: str = "auto",
+    hint: str = "set data.text_column / data.label_column",
 ) -> RawSplit:
-    """Read one split from a local file, checking that both columns exist."""
+    """Read one split from a local file, checking that both columns exist (``hint``: the fix)."""
     if not path.is_file():
         raise DataError(f"{name} split file {path} not found: check data.source and data.{name}")
     fmt = detect_format(path, fmt)
@@ -66,7 +71,7 @@ def read_split(
     if missing:
         raise DataError(
             f"{name} split file {path} has no column {missing[0]!r} (columns: "
-            f"{', '.join(map(str, columns)) or 'none'}): set data.text_column / data.label_column"
+            f"{', '.join(map(str, columns)) or 'none'}): {hint}"
         )
     return RawSplit(
         name=name,

@@ -78,13 +78,22 @@ def test_load_toml_and_yaml_with_overrides(tmp_path: Path, suffix: str) -> None:
 
 
 def test_checked_in_configs_are_valid() -> None:
+    from loadtests.config import LoadTestConfig
     from service.config import ServingConfig
 
     root = Path(__file__).resolve().parents[2] / "configs"
     files = sorted(root.glob("*.toml"))
-    assert {p.name for p in files} >= {"sst2.toml", "serving.toml", "serving-gpu.toml"}
+    assert {p.name for p in files} >= {
+        "sst2.toml",
+        "serving.toml",
+        "serving-gpu.toml",
+        "loadtest.toml",
+    }
     for path in files:
-        load_config(ServingConfig if path.name.startswith("serving") else TrainingConfig, path)
+        kind = path.name.split("-")[0].split(".")[0]
+        load_config(
+            {"serving": ServingConfig, "loadtest": LoadTestConfig}.get(kind, TrainingConfig), path
+        )
 
 
 @pytest.mark.parametrize(

@@ -137,3 +137,18 @@ def test_find_max_brackets_a_known_capacity(
     assert "highest offered rate meeting the SLO p99=100ms" in capsys.readouterr().out
     for name in ("latency_vs_load.png", "latency_over_time.png", "report.md"):
         assert (tmp_path / "max" / name).stat().st_size > 1000
+
+
+def test_a_config_file_and_a_csv_with_string_labels(tmp_path: Path, fake_server: Any) -> None:
+    server = fake_server()
+    texts = tmp_path / "topics.csv"
+    texts.write_text("text,label\nStocks rise,Business\nNew GPU ships,Sci/Tech\n", encoding="utf-8")
+    config = tmp_path / "load.toml"
+    config.write_text(f'host = "{server.url}"\nusers = 2\nduration_s = 2\nwarmup_s = 0\n'
+                      f'texts = "{texts}"\ntext_column = "text"\nout = "{tmp_path}"\n')  # fmt: skip
+    assert main(["loadtest", "--config", str(config), "--set", "run_id='topics'"]) == 0
+    report = _report(tmp_path, "topics")
+    assert report["config"]["text_column"] == "text" and report["config"]["users"] == 2
+    assert report["rows"][0]["requests"] > 0 and report["rows"][0]["failures"] == 0
+    settings = json.loads((tmp_path / "topics" / "locust_settings.json").read_text())
+    assert settings["config"]["texts"] == str(texts)
