@@ -223,7 +223,11 @@ def gate_against_fp32(model: Path, provider: str, cfg: ExportConfig, dev: DevSet
     logits = dev.logits(session, batch_size=cfg.policy.batch_size)
     return GateResult.model_validate(
         quantized_gate(
-            dev.fp32_logits, logits, dev.labels, cfg.gates.min_agreement, cfg.gates.max_accuracy_drop
+            dev.fp32_logits,
+            logits,
+            dev.labels,
+            cfg.gates.min_agreement,
+            cfg.gates.max_accuracy_drop,
         )
     )
 

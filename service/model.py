@@ -144,4 +144,3 @@ class VariantModel:
             "dev_accuracy_at_export": self.manifest.metrics.get("dev_accuracy_serving"),
             "ready": self.warmed,
         }
-

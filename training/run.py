@@ -142,7 +142,15 @@ def fit(
 
     optim = cfg.lora if method == "lora" else cfg.head
     return train_loop(
-        model, enc["train"], data.train.labels, evaluate_dev, optim, cfg.train, pad, device, precision
+        model,
+        enc["train"],
+        data.train.labels,
+        evaluate_dev,
+        optim,
+        cfg.train,
+        pad,
+        device,
+        precision,
     )
 
 

@@ -279,9 +279,10 @@ def parse_details(stage: str, raw: Any) -> StageDetails:
     try:
         return kind.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        problems = [
+            "details." + ".".join(str(part) for part in error["loc"]) + f": {error['msg']}"
+            for error in exc.errors()
+        ]
         raise ManifestError(
-            f"the {stage} details are not valid ({exc.error_count()} problem(s); "
-            f"details.{where}: {first['msg']}): {kind.redo}"
+            f"the {stage} details are not valid ({'; '.join(problems)}): {kind.redo}"
         ) from exc

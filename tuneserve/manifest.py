@@ -120,10 +120,11 @@ def build_manifest(
     artifacts: dict[str, str],
     inputs: Iterable[InputEntry] = (),
     metrics: dict[str, Any] | None = None,
-    details: StageDetails,
+    details: AnyDetails,
     libraries: Iterable[str] = (),
 ) -> Manifest:
-    """Hash every artifact (role -> relative path) and assemble the manifest of the details' stage."""
+    """Hash every artifact (role -> relative path) and assemble the manifest (of the details'
+    stage)."""
     return Manifest(
         schema_version=SCHEMA_VERSION,
         stage=details.stage,

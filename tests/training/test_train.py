@@ -10,6 +10,7 @@ import torch
 from training.config import TrainingConfig
 from training.model import load_trained
 from tuneserve.cli import main
+from tuneserve.details import TrainDetails
 from tuneserve.manifest import read_manifest, sha256_file
 from tuneserve.models import resolve_base_model
 
@@ -35,15 +36,16 @@ def test_every_artifact_is_written_and_hashed(both_runs: dict[str, Path]) -> Non
         run = both_runs[method]
         assert {p.name for p in run.iterdir()} >= TRAIN_FILES
         manifest = read_manifest(run, stage="train")  # verifies every sha256
-        assert manifest.details["method"] == method
-        assert manifest.details["id2label"] == {"0": "negative", "1": "positive"}
-        assert manifest.details["base_model"]["fingerprint"]
+        details = manifest.details_as(TrainDetails)
+        assert details.method == method
+        assert details.id2label == {"0": "negative", "1": "positive"}
+        assert details.base_model.fingerprint
         assert {"eval_dev", "eval_test"} <= set(manifest.artifacts)
         lines = (run / "eval" / "test.jsonl").read_text().splitlines()
         assert len(lines) == 50 and set(json.loads(lines[0])) == {"text", "label"}
-        files = manifest.details["data_files"]
+        files = details.data_files
         assert set(files) == {"train", "dev", "test"}
-        assert files["test"]["sha256"] == sha256_file(files["test"]["path"])
+        assert files["test"].sha256 == sha256_file(files["test"].path)
         assert manifest.config["method"] == method
         assert "torch" in manifest.libraries
         metrics = json.loads((run / "metrics.json").read_text())
@@ -58,7 +60,7 @@ def test_every_artifact_is_written_and_hashed(both_runs: dict[str, Path]) -> Non
     assert (adapter / "adapter_model.safetensors").is_file()
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(
-        read_manifest(both_runs["lora"]).details["base_model"]["name"]
+        read_manifest(both_runs["lora"]).details_as(TrainDetails).base_model.name
     )
     assert not (both_runs["head"] / "adapter").exists()
 
