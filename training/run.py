@@ -73,8 +73,8 @@ def read_raw_splits(
         path = Path(file) if Path(file).is_absolute() else root / file
         return read_split(name, path, d.text_column, d.label_column, d.format)
 
-    dev = None if d.dev is None else local("dev", d.dev)
-    return local("train", d.train), dev, local("test", d.test)
+    train, test = local("train", d.train), local("test", d.test)
+    return train, None if d.dev is None else local("dev", d.dev), test
 
 
 def choose_device(cfg: TrainingConfig) -> tuple[torch.device, str]:
