@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from export.config import ExportConfig, Profile
+from export.config import ExportConfig
 from export.model import TrainedModel, load_merged, save_merged
 from export.onnx_graph import LOGITS, append_head, export_encoder
 from export.optimize import integer_op_counts, optimize_graph
@@ -22,6 +22,7 @@ from tuneserve.details import (
     ExportDetails,
     Fp32Parity,
     ParityReport,
+    Profile,
     Quantization,
     ServingPolicy,
     TrainDetails,
