@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from training import checks
 from training.config import Method, TrainingConfig
-from training.model import ADAPTER_DIR, HEAD_FILE, save_adapter, save_head
+from training.model import ADAPTER_DIR, HEAD_FILE, TextClassifier, save_adapter, save_head
 from tuneserve.details import BaseModelInfo, ClassifierInfo, DataFile, TrainDetails
 from tuneserve.manifest import sha256_file, write_json_atomic
 from tuneserve.models import BaseModelRef
@@ -38,7 +37,7 @@ def fingerprint(texts: list[str], labels: list[int]) -> str:
 def write_outputs(
     run_dir: Path,
     method: Method,
-    model: nn.Module,
+    model: TextClassifier,
     ref: BaseModelRef,
     tokenizer: Any,
     data: checks.CheckedData,
@@ -104,7 +103,7 @@ def train_details(
     method: Method,
     cfg: TrainingConfig,
     ref: BaseModelRef,
-    model: nn.Module,
+    model: TextClassifier,
     data: checks.CheckedData,
     lora_targets: list[str],
     input_names: list[str],

@@ -19,6 +19,7 @@ from training.curves import plot_curves
 from training.loop import Encoded, TrainResult, encode_texts, predict_proba, train_loop
 from training.metrics import classification_metrics, headline
 from training.model import (
+    TextClassifier,
     add_lora,
     build_classifier,
     check_base_model,
@@ -110,7 +111,7 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 def build_model(
     method: Method, cfg: TrainingConfig, ref: BaseModelRef, num_labels: int, device: torch.device
-) -> tuple[torch.nn.Module, list[str]]:
+) -> tuple[TextClassifier, list[str]]:
     """The classifier of ``method`` on ``device``: LoRA adapters or a frozen encoder, and the
     LoRA target modules (none for the head-only baseline)."""
     model = build_classifier(ref, cfg.model, num_labels)
@@ -119,13 +120,14 @@ def build_model(
         targets = add_lora(model, cfg.lora, cfg.train.seed)
     else:
         freeze_encoder(model)
-    return model.to(device), targets
+    model.to(device)
+    return model, targets
 
 
 def fit(
     method: Method,
     cfg: TrainingConfig,
-    model: torch.nn.Module,
+    model: TextClassifier,
     data: checks.CheckedData,
     enc: dict[str, Encoded],
     pad: int,
