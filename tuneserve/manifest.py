@@ -180,10 +180,11 @@ def read_manifest(run_dir: str | Path, stage: str | None = None, verify: bool = 
         raise ManifestError(f"{path} is not a valid manifest: not JSON ({exc})") from exc
     if not isinstance(raw, dict):
         raise ManifestError(f"{path} is not a valid manifest: not a JSON object")
-    if raw.get("schema_version") != SCHEMA_VERSION:
-        raise ManifestError(
-            f"{path} has schema version {raw.get('schema_version')}, expected {SCHEMA_VERSION}"
-        )
+    version = raw.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ManifestError(f"{path} has schema version {version}, expected {SCHEMA_VERSION}")
+    if stage is not None and raw.get("stage") != stage:
+        raise ManifestError(f"{run_dir} is a {raw.get('stage')!r} run, expected a {stage!r} run")
     try:
         raw["details"] = parse_details(str(raw.get("stage")), raw.get("details"))
     except ManifestError as exc:
@@ -192,8 +193,6 @@ def read_manifest(run_dir: str | Path, stage: str | None = None, verify: bool = 
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         raise ManifestError(f"{path} is not a valid manifest: {exc.errors()[0]['msg']}") from exc
-    if stage is not None and manifest.stage != stage:
-        raise ManifestError(f"{run_dir} is a {manifest.stage!r} run, expected a {stage!r} run")
     if verify:
         verify_artifacts(run_dir, manifest)
     return manifest

@@ -79,6 +79,9 @@ def test_old_or_unknown_details_version_says_to_run_the_stage_again(tmp_path: Pa
         r"this tuneserve reads version 1: train it again with this version of tuneserve",
     ):
         read_manifest(run)
+    # the wrong stage is named before the details are looked at
+    with pytest.raises(ManifestError, match="is a 'train' run, expected a 'export' run"):
+        read_manifest(run, stage="export")
     _edit(run, lambda raw: raw["details"].update(details_version=99))
     with pytest.raises(ManifestError, match="the train details have schema version 99; this"):
         read_manifest(run)
