@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from tuneserve.details import TrainDetails
 from tuneserve.machine import describe_machine
 from tuneserve.manifest import read_manifest
 
@@ -20,7 +21,7 @@ def summarise(run: Path) -> dict[str, object]:
     t, tr, p = metrics["test"], metrics["training"], metrics["parameters"]
     return {
         "run": manifest.run_id,
-        "method": manifest.details["method"],
+        "method": manifest.details_as(TrainDetails).method,
         "test_accuracy": t["accuracy"],
         "test_f1_macro": t["f1_macro"],
         "dev_best_accuracy": metrics["dev_best"].get("accuracy"),

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from export.model import PooledClassifier
+from tuneserve.details import ExportDetails
 from tuneserve.errors import ManifestError
 from tuneserve.inference import encode_batch, load_tokenizer, make_session
 from tuneserve.machine import describe_machine
@@ -126,7 +127,7 @@ def run_bench(export_dir: Path, sentences: int = 600, out: str | None = None) ->
     import onnxruntime as ort
 
     manifest = read_manifest(export_dir, stage="export")
-    details = manifest.details
+    details = manifest.details_as(ExportDetails).model_dump()
     train_dir = _train_run(manifest)
     train = read_manifest(train_dir, stage="train")
     rows = [

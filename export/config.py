@@ -15,7 +15,6 @@ from tuneserve.config import (
     int_between,
 )
 
-Profile = Literal["cpu-int8", "cpu-fp32", "gpu-fp16"]
 Isa = Literal["auto", "avx512_vnni", "avx2", "arm64"]
 
 

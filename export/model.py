@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tuneserve.details import TrainDetails
 from tuneserve.errors import ManifestError, ModelError
 from tuneserve.manifest import Manifest
 from tuneserve.models import BaseModelRef, resolve_base_model
@@ -59,11 +60,9 @@ class TrainedModel:
 
 def resolve_trained_base(manifest: Manifest) -> BaseModelRef:
     """Find the base model the run was trained on and check it is the same one."""
-    recorded = manifest.details.get("base_model") or {}
-    if "name" not in recorded:
-        raise ManifestError(f"train run {manifest.run_id} does not record its base model")
-    ref = resolve_base_model(recorded["name"])
-    expected = recorded.get("fingerprint")
+    recorded = manifest.details_as(TrainDetails).base_model
+    ref = resolve_base_model(recorded.name)
+    expected = recorded.fingerprint
     if expected and ref.fingerprint() != expected:
         raise ModelError(
             f"base model {ref.name!r} at {ref.path} differs from the one run {manifest.run_id} was "
@@ -87,8 +86,8 @@ def load_merged(run_dir: Path, manifest: Manifest) -> TrainedModel:
     extra: dict[str, Any] = {"add_pooling_layer": False} if config.model_type in _POOLER_ARG else {}
     # Eager attention exports the attention pattern that ONNX Runtime's fusions recognise.
     encoder = AutoModel.from_pretrained(ref.path, attn_implementation="eager", **extra)
-    details = manifest.details["model"]
-    adapter_dir = details.get("adapter_dir")
+    details = manifest.details_as(TrainDetails).model
+    adapter_dir = details.adapter_dir
     if adapter_dir:
         from peft import PeftModel
 
@@ -98,8 +97,8 @@ def load_merged(run_dir: Path, manifest: Manifest) -> TrainedModel:
                 f"{run_dir} lacks its LoRA adapter ({adapter_dir}/): run the training stage again"
             )
         encoder = PeftModel.from_pretrained(encoder, str(path)).merge_and_unload()
-    head = load_file(str(run_dir / details["head_file"]))
-    model = PooledClassifier(encoder, details["pooling"], head["weight"], head["bias"]).eval()
+    head = load_file(str(run_dir / details.head_file))
+    model = PooledClassifier(encoder, details.pooling, head["weight"], head["bias"]).eval()
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
     return TrainedModel(model, ref, config.model_type, heads, hidden, bool(adapter_dir))

@@ -6,35 +6,36 @@ import json
 import logging
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export.config import ExportConfig, Profile
-from export.model import load_merged, save_merged
+from export.config import ExportConfig
+from export.model import TrainedModel, load_merged, save_merged
 from export.onnx_graph import LOGITS, append_head, export_encoder
-from export.optimize import (
-    blockwise_nodes,
-    detect_isa,
-    dynamic_nodes,
-    ffn_output_nodes,
-    integer_op_counts,
-    most_sensitive,
-    node_sensitivity,
-    optimize_graph,
-    quantize_int8,
+from export.optimize import integer_op_counts, optimize_graph
+from export.parity import fp32_parity
+from export.quantize import DevSet, fp16_check, quantize_gated
+from tuneserve.details import (
+    ExportDetails,
+    Fp32Parity,
+    ParityReport,
+    Profile,
+    Quantization,
+    ServingPolicy,
+    TrainDetails,
 )
-from export.parity import fp32_parity, quantized_gate
-from export.smoothing import smooth
 from tuneserve.errors import ManifestError, ParityError
-from tuneserve.inference import encode_batch, load_tokenizer, make_session, session_logits
+from tuneserve.inference import load_tokenizer, make_session, session_logits
 from tuneserve.manifest import (
     Manifest,
     build_manifest,
     input_entry,
     read_manifest,
     run_directory,
+    write_json_atomic,
     write_manifest,
 )
 
@@ -55,6 +56,18 @@ PROVIDERS = {
     "cpu-fp32": ["CPUExecutionProvider"],
     "gpu-fp16": ["CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+
+
+@dataclass(frozen=True)
+class Built:
+    """What building the models found out, for the manifest."""
+
+    input_names: list[str]
+    fused: dict[str, int]
+    parity: ParityReport
+    serving_model: str
+    quantization: Quantization | None = None
+    integer_ops: dict[str, int] | None = None
 
 
 def resolve_profile(profile: str) -> Profile:
@@ -87,10 +100,10 @@ def run_export(
     from transformers import AutoTokenizer
 
     manifest = read_manifest(train_dir, stage="train")
+    trained_details = manifest.details_as(TrainDetails)
     profile = resolve_profile(cfg.profile)
     trained = load_merged(train_dir, manifest)
-    model_details = manifest.details["model"]
-    max_length = int(model_details["max_length"])
+    max_length = trained_details.model.max_length
     tok_dir = train_dir / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
         raise ManifestError(f"{tok_dir} has no tokenizer.json: a fast tokenizer is required")
@@ -105,7 +118,7 @@ def run_export(
     run_id = run_id or f"{manifest.run_id}-{profile}"
     root = Path(cfg.output_root) / "export"
     with run_directory(root, run_id, overwrite=overwrite) as out:
-        result = _build(out, trained, cfg, profile, tokenizer, pad_id, dev_texts, dev_labels)
+        built = _build(out, trained, cfg, profile, tokenizer, pad_id, dev_texts, dev_labels)
         shutil.copytree(tok_dir, out / "tokenizer")
         artifacts = {
             f"{p.parent.name}/{p.name}": str(p.relative_to(out))
@@ -115,37 +128,11 @@ def run_export(
         for name in ("parity.json", "quantization.json"):
             if (out / name).is_file():
                 artifacts[name.removesuffix(".json")] = name
-        details = {
-            "profile": profile,
-            "opset": cfg.opset,
-            "input_names": result["input_names"],
-            "output_names": [LOGITS],
-            "serving_model": result["serving_model"],
-            "fp32_model": "onnx/model.fp32.onnx",
-            "tokenizer": "tokenizer/tokenizer.json",
-            "id2label": manifest.details["id2label"],
-            "label2id": manifest.details["label2id"],
-            "max_length": max_length,
-            "pooling": model_details["pooling"],
-            "pad_token_id": pad_id,
-            "base_model": manifest.details["base_model"],
-            "train_method": manifest.details["method"],
-            "merged_lora": trained.merged_lora,
-            "adapter_sha256": _sha_of(manifest, "adapter/adapter_model.safetensors"),
-            "head_sha256": _sha_of(manifest, "head"),
-            "quantization": result.get("quantization"),
-            "provider_hints": PROVIDERS[profile],
-            "fused_operators": result["fused"],
-            "integer_operators": result.get("integer_ops", {}),
-            "parity": result["parity"],
-            "serving_policy": cfg.policy.model_dump(),
-            "train_run": manifest.run_id,
-        }
-        metrics = export_metrics(result["parity"], profile, len(dev_texts))
+        details = export_details(manifest, trained, built, cfg, profile, pad_id)
+        metrics = export_metrics(built.parity, profile, len(dev_texts))
         write_manifest(
             out,
             build_manifest(
-                stage="export",
                 run_id=run_id,
                 run_dir=out,
                 config=cfg.model_dump(mode="json"),
@@ -166,40 +153,78 @@ def run_export(
     return root / run_id
 
 
+def export_details(
+    manifest: Manifest,
+    trained: TrainedModel,
+    built: Built,
+    cfg: ExportConfig,
+    profile: Profile,
+    pad_id: int,
+) -> ExportDetails:
+    """The export manifest's details: what the service loads, and how it was made."""
+    train = manifest.details_as(TrainDetails)
+    return ExportDetails(
+        profile=profile,
+        opset=cfg.opset,
+        input_names=built.input_names,
+        output_names=[LOGITS],
+        serving_model=built.serving_model,
+        fp32_model="onnx/model.fp32.onnx",
+        tokenizer="tokenizer/tokenizer.json",
+        id2label=train.id2label,
+        label2id=train.label2id,
+        max_length=train.model.max_length,
+        pooling=train.model.pooling,
+        pad_token_id=pad_id,
+        base_model=train.base_model,
+        train_method=train.method,
+        train_run=manifest.run_id,
+        merged_lora=trained.merged_lora,
+        adapter_sha256=_sha_of(manifest, "adapter/adapter_model.safetensors"),
+        head_sha256=_sha_of(manifest, "head"),
+        quantization=built.quantization,
+        provider_hints=PROVIDERS[profile],
+        fused_operators=built.fused,
+        integer_operators=built.integer_ops or {},
+        parity=built.parity,
+        serving_policy=ServingPolicy.model_validate(cfg.policy.model_dump()),
+    )
+
+
 def _sha_of(manifest: Manifest, role: str) -> str | None:
     entry = manifest.artifacts.get(role)
     return entry.sha256 if entry else None
 
 
-def export_metrics(parity: dict[str, Any], profile: str, dev_examples: int) -> dict[str, Any]:
+def export_metrics(parity: ParityReport, profile: str, dev_examples: int) -> dict[str, Any]:
     """Headline figures for the manifest: parity, and the serving model's dev accuracy."""
     metrics: dict[str, Any] = {
-        "onnx_max_abs_diff": parity["fp32_vs_pytorch"]["max_abs_diff"],
-        "dev_accuracy_fp32": parity["dev_accuracy_fp32"],
+        "onnx_max_abs_diff": parity.fp32_vs_pytorch.max_abs_diff,
+        "dev_accuracy_fp32": parity.dev_accuracy_fp32,
         "dev_examples": dev_examples,
     }
-    gate = parity.get("quantized_vs_fp32") or parity.get("fp16")
+    gate = parity.serving_gate()
     if profile == "cpu-fp32":
-        metrics["dev_accuracy_serving"] = parity["dev_accuracy_fp32"]
-    elif gate and gate.get("measured", True):
+        metrics["dev_accuracy_serving"] = parity.dev_accuracy_fp32
+    elif gate is not None:
         metrics |= {
-            "dev_agreement": gate["agreement"],
-            "dev_accuracy_serving": gate["quantized_accuracy"],
-            "dev_accuracy_drop": gate["accuracy_drop"],
+            "dev_agreement": gate.agreement,
+            "dev_accuracy_serving": gate.quantized_accuracy,
+            "dev_accuracy_drop": gate.accuracy_drop,
         }
     return metrics
 
 
 def _build(
     out: Path,
-    trained: Any,
+    trained: TrainedModel,
     cfg: ExportConfig,
     profile: str,
     tokenizer: Any,
     pad_id: int,
     dev_texts: list[str],
     dev_labels: list[int],
-) -> dict[str, Any]:
+) -> Built:
     """Write merged/, onnx/, parity.json (and quantization.json) into ``out``."""
     (out / "merged").mkdir()
     (out / "onnx").mkdir()
@@ -217,14 +242,13 @@ def _build(
     encoder_onnx.unlink()
     fp32 = out / "onnx" / "model.fp32.onnx"
     fused = optimize_graph(raw, fp32, trained.model_type, trained.num_heads, trained.hidden_size)
-    threads, batch = cfg.policy.intra_op_threads, cfg.policy.batch_size
 
-    fp32_session = make_session(fp32, threads)
+    fp32_session = make_session(fp32, cfg.policy.intra_op_threads)
     sample = random.Random(0).sample(
         range(len(dev_texts)), min(len(dev_texts), cfg.gates.parity_examples)
     )
-    parity = {
-        "fp32_vs_pytorch": fp32_parity(
+    vs_pytorch = Fp32Parity.model_validate(
+        fp32_parity(
             trained.model,
             fp32_session,
             tokenizer,
@@ -233,199 +257,41 @@ def _build(
             batch_size=8,
             pad_id=pad_id,
         )
-    }
-    _write(out / "parity.json", parity)
-    if not parity["fp32_vs_pytorch"]["passed"]:
+    )
+    if not vs_pytorch.passed:
         raise ParityError(
-            f"fp32 ONNX differs from PyTorch by "
-            f"{parity['fp32_vs_pytorch']['max_abs_diff']:.2e} (allowed "
+            f"fp32 ONNX differs from PyTorch by {vs_pytorch.max_abs_diff:.2e} (allowed "
             f"{cfg.gates.onnx_max_abs_diff:.0e}) on {len(sample)} dev examples"
         )
+    batch = cfg.policy.batch_size
     fp32_logits = session_logits(fp32_session, tokenizer, dev_texts, batch, pad_id)
-    parity["dev_accuracy_fp32"] = float((fp32_logits.argmax(1) == np.asarray(dev_labels)).mean())
-    result: dict[str, Any] = {
-        "input_names": input_names,
-        "fused": fused,
-        "parity": parity,
-        "serving_model": "onnx/model.fp32.onnx",
-    }
+    dev = DevSet(dev_texts, dev_labels, tokenizer, pad_id, fp32_logits)
+    parity = ParityReport(
+        fp32_vs_pytorch=vs_pytorch,
+        dev_accuracy_fp32=float((fp32_logits.argmax(1) == np.asarray(dev_labels)).mean()),
+    )
+    built = Built(input_names, fused, parity, "onnx/model.fp32.onnx")
     if profile == "cpu-int8":
-        result |= _quantize(
-            out, fp32, cfg, tokenizer, pad_id, fp32_logits, dev_texts, dev_labels, parity
+        int8 = quantize_gated(out, fp32, cfg, dev)
+        write_json_atomic(out / "quantization.json", int8.quantization.model_dump(mode="json"))
+        parity = parity.model_copy(
+            update={"quantized_vs_fp32": int8.gate, "quantization_attempts": int8.attempts}
+        )
+        built = Built(
+            input_names,
+            fused,
+            parity,
+            "onnx/model.int8.onnx",
+            int8.quantization,
+            integer_op_counts(out / "onnx" / "model.int8.onnx"),
         )
     elif profile == "gpu-fp16":
         fp16 = out / "onnx" / "model.fp16.onnx"
         optimize_graph(
             raw, fp16, trained.model_type, trained.num_heads, trained.hidden_size, fp16=True
         )
-        result["serving_model"] = "onnx/model.fp16.onnx"
-        parity["fp16"] = _fp16_check(
-            fp16, cfg, tokenizer, pad_id, fp32_logits, dev_texts, dev_labels
-        )
+        parity = parity.model_copy(update={"fp16": fp16_check(fp16, cfg, dev)})
+        built = Built(input_names, fused, parity, "onnx/model.fp16.onnx")
     raw.unlink()
-    _write(out / "parity.json", parity)
-    return result
-
-
-def _quantize(
-    out: Path,
-    fp32: Path,
-    cfg: ExportConfig,
-    tokenizer: Any,
-    pad_id: int,
-    fp32_logits: np.ndarray,
-    texts: list[str],
-    labels: list[int],
-    parity: dict[str, Any],
-) -> dict[str, Any]:
-    q = cfg.quantization
-    isa = detect_isa() if q.isa == "auto" else q.isa
-    target = out / "onnx" / "model.int8.onnx"
-    width = cfg.gates.max_accuracy_drop * len(texts)
-    if width < 5:
-        log.warning(
-            "the %.1f-point accuracy gate is %.1f of %d dev sentences wide: near it, chance "
-            "decides (gate on more dev sentences: data.max_dev_examples at training)",
-            100 * cfg.gates.max_accuracy_drop,
-            width,
-            len(texts),
-        )
-    calibration = sorted(texts, key=len, reverse=True)[: q.calibration_examples]
-    blockwise = blockwise_nodes(fp32, q.blockwise)
-    sensitivity: dict[str, float] = {}
-    if q.blockwise_share < 1 and len(blockwise) > 1:
-        probe = calibration[:: max(1, len(calibration) // 64)]
-        reference = session_logits(make_session(fp32), tokenizer, probe, 1, pad_id)
-
-        def logit_error(model: Path) -> float:
-            logits = session_logits(make_session(model), tokenizer, probe, 1, pad_id)
-            return float(np.mean((logits - reference) ** 2))
-
-        sensitivity = node_sensitivity(fp32, blockwise, logit_error, q.per_channel)
-        blockwise = most_sensitive(sensitivity, q.blockwise_share)
-        log.info(
-            "block-wise INT8 for %d of %d candidates: %s",
-            len(blockwise),
-            len(sensitivity),
-            blockwise,
-        )
-    source, smoothing = fp32, {"mode": q.smoothing}
-    if q.smoothing == "auto":
-        source = out / "onnx" / "model.smoothed.onnx"
-        smoothing |= {
-            "calibration_examples": len(calibration),
-            "nodes": smooth(
-                fp32,
-                source,
-                dynamic_nodes(fp32, blockwise),
-                lambda session, outputs: _run_each(
-                    session, outputs, tokenizer, calibration, pad_id
-                ),
-            ),
-        }
-    attempts: list[dict[str, Any]] = []
-    excluded: list[str] = []
-    try:
-        while True:
-            settings = quantize_int8(
-                source,
-                target,
-                isa,
-                q.per_channel,
-                excluded,
-                blockwise=[n for n in blockwise if n not in excluded],
-                block_size=q.block_size,
-                embeddings=q.embeddings,
-            )
-            gate = _gate_against_fp32(
-                target, "cpu", cfg, tokenizer, pad_id, fp32_logits, texts, labels
-            )
-            attempts.append({"nodes_kept_fp32": len(excluded), **gate})
-            if gate["passed"] or excluded or q.on_gate_failure == "fail":
-                break
-            excluded = ffn_output_nodes(fp32)
-            log.warning(
-                "INT8 gate failed (%s): retrying with %d feed-forward output projections in fp32",
-                "; ".join(gate["failures"]),
-                len(excluded),
-            )
-    finally:
-        if source != fp32:
-            source.unlink(missing_ok=True)
-    settings["smoothing"] = smoothing
-    settings["blockwise_sensitivity"] = sensitivity
-    parity["quantized_vs_fp32"] = gate
-    parity["quantization_attempts"] = attempts
-    settings["fallback_used"] = bool(excluded)
-    _write(out / "quantization.json", settings)
-    if not gate["passed"]:
-        _write(out / "parity.json", parity)
-        raise ParityError(
-            f"INT8 model fails its gate on {gate['examples']} dev examples: "
-            + "; ".join(gate["failures"])
-            + (
-                " (also with the feed-forward output projections in fp32): use --profile "
-                "cpu-fp32, or gate on more dev sentences"
-                if excluded
-                else ": set quantization.on_gate_failure = 'fp32_ffn_output', or use --profile "
-                "cpu-fp32"
-            )
-        )
-    return {
-        "serving_model": "onnx/model.int8.onnx",
-        "quantization": settings,
-        "integer_ops": integer_op_counts(target),
-    }
-
-
-def _fp16_check(
-    fp16: Path,
-    cfg: ExportConfig,
-    tokenizer: Any,
-    pad_id: int,
-    fp32_logits: np.ndarray,
-    texts: list[str],
-    labels: list[int],
-) -> dict[str, Any]:
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return {
-            "measured": False,
-            "reason": "no CUDA execution provider on this machine; the "
-            "fp16 model is built but its accuracy and speed are measured where a GPU exists",
-        }
-    gate = _gate_against_fp32(fp16, "cuda", cfg, tokenizer, pad_id, fp32_logits, texts, labels)
-    if not gate["passed"]:
-        raise ParityError("fp16 model fails its gate: " + "; ".join(gate["failures"]))
-    return {"measured": True, **gate}
-
-
-def _gate_against_fp32(
-    model: Path,
-    provider: str,
-    cfg: ExportConfig,
-    tokenizer: Any,
-    pad_id: int,
-    fp32_logits: np.ndarray,
-    texts: list[str],
-    labels: list[int],
-) -> dict[str, Any]:
-    """Run ``model`` on the dev split as the service would and gate it against fp32."""
-    session = make_session(model, cfg.policy.intra_op_threads, provider)
-    logits = session_logits(session, tokenizer, texts, cfg.policy.batch_size, pad_id)
-    return quantized_gate(
-        fp32_logits, logits, labels, cfg.gates.min_agreement, cfg.gates.max_accuracy_drop
-    )
-
-
-def _run_each(
-    session: Any, outputs: list[str], tokenizer: Any, texts: list[str], pad_id: int
-) -> list[list[np.ndarray]]:
-    """The named outputs for each text run alone (batch 1, as the CPU service runs)."""
-    names = [i.name for i in session.get_inputs()]
-    return [session.run(outputs, encode_batch(tokenizer, [t], names, pad_id)) for t in texts]
-
-
-def _write(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(out / "parity.json", parity.model_dump(mode="json"))
+    return built

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from service.config import ServingConfig, VariantConfig
-from tuneserve.errors import ManifestError
+from tuneserve.details import ExportDetails
 from tuneserve.inference import (
     load_tokenizer,
     make_session,
@@ -36,32 +36,28 @@ class Prediction:
     truncated: bool
 
 
-def read_export(path: Path) -> Manifest:
-    """The export manifest of ``path``, with the hash of every file the service loads checked.
+def read_export(path: Path) -> tuple[Manifest, ExportDetails]:
+    """The export manifest of ``path`` and its typed details (validated against the details
+    schema), with the hash of every file the service loads checked.
 
     The merged PyTorch weights and the fp32 reference model are kept by the export for reference;
     a deployment may leave them out (bentofile.yaml does), so they are not required here.
     """
     manifest = read_manifest(path, stage="export", verify=False)
-    for key in ("serving_model", "tokenizer", "id2label", "input_names", "max_length"):
-        if key not in manifest.details:
-            raise ManifestError(
-                f"{path}/manifest.json lacks details.{key}: export it again with this version"
-            )
-    needed = {manifest.details["serving_model"]}
-    tokenizer_dir = str(Path(manifest.details["tokenizer"]).parent)
+    details = manifest.details_as(ExportDetails)
+    tokenizer_dir = str(Path(details.tokenizer).parent)
     verify_artifacts(
-        path, manifest, only=lambda p: p in needed or p.startswith(tokenizer_dir + "/")
+        path,
+        manifest,
+        only=lambda p: p == details.serving_model or p.startswith(tokenizer_dir + "/"),
     )
-    return manifest
+    return manifest, details
 
 
 def model_version(manifest: Manifest) -> str:
     """``<run id>@<first 12 hex of the serving model's sha256>``: changes when the model does."""
-    entry = next(
-        (a for a in manifest.artifacts.values() if a.path == manifest.details["serving_model"]),
-        None,
-    )
+    serving = manifest.details_as(ExportDetails).serving_model
+    entry = next((a for a in manifest.artifacts.values() if a.path == serving), None)
     return f"{manifest.run_id}@{entry.sha256[:12]}" if entry else manifest.run_id
 
 
@@ -71,20 +67,19 @@ class VariantModel:
     def __init__(self, variant: VariantConfig, settings: ServingConfig) -> None:
         self.name = variant.name
         self.path = variant.path
-        self.manifest = read_export(variant.path)
-        details = self.manifest.details
+        self.manifest, self.details = read_export(variant.path)
+        details = self.details
         self.version = model_version(self.manifest)
-        id2label = details["id2label"]
-        self.labels = [str(id2label[str(i)]) for i in range(len(id2label))]
-        self.max_tokens = min(int(details["max_length"]), settings.limits.max_tokens)
-        self.input_names = list(details["input_names"])
-        self.pad_id = int(details.get("pad_token_id", 0))
-        self.tokenizer = load_tokenizer(variant.path / details["tokenizer"], self.max_tokens)
-        model_path = variant.path / details["serving_model"]
+        self.labels = details.labels()
+        self.max_tokens = min(details.max_length, settings.limits.max_tokens)
+        self.input_names = list(details.input_names)
+        self.pad_id = details.pad_token_id
+        self.tokenizer = load_tokenizer(variant.path / details.tokenizer, self.max_tokens)
+        model_path = variant.path / details.serving_model
         self.session = make_session(model_path, settings.ort_threads(), settings.device)
         self.provider = self.session.get_providers()[0]
         self.io_binding = self.provider == "CUDAExecutionProvider"
-        self.quantization = _quantization_name(details)
+        self.quantization = details.numerics()
         self.warmed = False
 
     def encode(self, texts: list[str]) -> list[Any]:
@@ -130,41 +125,22 @@ class VariantModel:
 
     def summary(self) -> dict[str, Any]:
         """What GET /models shows for this variant."""
-        details = self.manifest.details
-        metrics = self.manifest.metrics
-        base = details.get("base_model", {})
+        details = self.details
         return {
             "name": self.name,
             "model_version": self.version,
             "export_run": self.manifest.run_id,
-            "train_run": details.get("train_run"),
-            "train_method": details.get("train_method"),
-            "base_model": base.get("name"),
-            "base_model_fingerprint": base.get("fingerprint"),
-            "adapter_sha256": details.get("adapter_sha256"),
-            "head_sha256": details.get("head_sha256"),
-            "profile": details.get("profile"),
+            "train_run": details.train_run,
+            "train_method": details.train_method,
+            "base_model": details.base_model.name,
+            "base_model_fingerprint": details.base_model.fingerprint,
+            "adapter_sha256": details.adapter_sha256,
+            "head_sha256": details.head_sha256,
+            "profile": details.profile,
             "quantization": self.quantization,
             "provider": self.provider,
             "labels": self.labels,
             "max_tokens": self.max_tokens,
-            "dev_accuracy_at_export": metrics.get("dev_accuracy_serving"),
+            "dev_accuracy_at_export": self.manifest.metrics.get("dev_accuracy_serving"),
             "ready": self.warmed,
         }
-
-
-def _quantization_name(details: dict[str, Any]) -> str:
-    """What the model_info metric and GET /models call the serving model's numerics, naming
-    each fidelity step the export applied, e.g. ``int8-dynamic-avx512_vnni+smoothed16+blockwise3
-    +row-emb`` (nodes smoothed, MatMuls block-wise, per-row int8 embeddings)."""
-    quant = details.get("quantization")
-    if not isinstance(quant, dict):
-        return "fp16" if details.get("profile") == "gpu-fp16" else "fp32"
-    smoothed = ((quant.get("smoothing") or {}).get("nodes")) or {}
-    steps = [
-        f"smoothed{n}" if (n := sum(1 for c in smoothed.values() if c.get("alpha", 0) > 0)) else "",
-        f"blockwise{len(quant['blockwise_nodes'])}" if quant.get("blockwise_nodes") else "",
-        "row-emb" if quant.get("embeddings") == "per_row" else "",
-        "fp32-ffn" if quant.get("fallback_used") else "",
-    ]
-    return "+".join([f"int8-dynamic-{quant.get('isa', '?')}", *filter(None, steps)])

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuneserve.details import TrainDetails
 from tuneserve.errors import DataError, ManifestError
-from tuneserve.manifest import Manifest, read_manifest
+from tuneserve.manifest import read_manifest
 
 PREDICTIONS_ROLE = "test_predictions"
 METRICS_ROLE = "metrics"
@@ -33,7 +34,7 @@ def mcnemar(a_correct: list[bool], b_correct: list[bool]) -> dict[str, Any]:
     }
 
 
-def _load(run_dir: Path) -> tuple[Manifest, dict[str, Any], list[dict[str, Any]]]:
+def _load(run_dir: Path) -> tuple[str, TrainDetails, dict[str, Any], list[dict[str, Any]]]:
     manifest = read_manifest(run_dir, stage="train")
     for role in (METRICS_ROLE, PREDICTIONS_ROLE):
         if role not in manifest.artifacts:
@@ -41,7 +42,7 @@ def _load(run_dir: Path) -> tuple[Manifest, dict[str, Any], list[dict[str, Any]]
     metrics = json.loads((run_dir / manifest.artifacts[METRICS_ROLE].path).read_text())
     with open(run_dir / manifest.artifacts[PREDICTIONS_ROLE].path, encoding="utf-8") as handle:
         predictions = [json.loads(line) for line in handle if line.strip()]
-    return manifest, metrics, predictions
+    return manifest.run_id, manifest.details_as(TrainDetails), metrics, predictions
 
 
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -54,10 +55,9 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
     """Compare two train runs evaluated on the same test split (A: baseline, B: tuned)."""
-    man_a, met_a, pred_a = _load(run_a)
-    man_b, met_b, pred_b = _load(run_b)
-    fp_a, fp_b = man_a.details.get("test_fingerprint"), man_b.details.get("test_fingerprint")
-    if fp_a != fp_b or len(pred_a) != len(pred_b):
+    id_a, det_a, met_a, pred_a = _load(run_a)
+    id_b, det_b, met_b, pred_b = _load(run_b)
+    if det_a.test_fingerprint != det_b.test_fingerprint or len(pred_a) != len(pred_b):
         raise DataError(
             f"{run_a} and {run_b} were evaluated on different test splits: "
             "compare runs made from the same data and test subset"
@@ -81,8 +81,8 @@ def compare_runs(run_a: Path, run_b: Path) -> dict[str, Any]:
         [p["pred"] == p["label"] for p in pred_a], [p["pred"] == p["label"] for p in pred_b]
     )
     return {
-        "a": {"run": str(run_a), "run_id": man_a.run_id, "method": man_a.details.get("method")},
-        "b": {"run": str(run_b), "run_id": man_b.run_id, "method": man_b.details.get("method")},
+        "a": {"run": str(run_a), "run_id": id_a, "method": det_a.method},
+        "b": {"run": str(run_b), "run_id": id_b, "method": det_b.method},
         "test_examples": len(pred_a),
         "metrics": rows,
         "mcnemar": test,

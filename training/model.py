@@ -12,6 +12,7 @@ from torch import nn
 from training.config import LoraConfig, ModelConfig
 from training.targets import detect_lora_targets, target_regex
 from tuneserve.errors import ModelError
+from tuneserve.manifest import write_json_atomic
 from tuneserve.models import BaseModelRef
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ def save_adapter(model: TextClassifier, directory: Path, base_name: str) -> None
     config_path = directory / "adapter_config.json"
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = base_name
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    write_json_atomic(config_path, config)
 
 
 def load_trained(

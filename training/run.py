@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import random
 import resource
 import time
@@ -16,30 +13,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from training import checks, compare
+from training import checks, compare, outputs
 from training.config import Method, TrainingConfig
 from training.curves import plot_curves
-from training.loop import encode_texts, predict_proba, train_loop
+from training.loop import Encoded, TrainResult, encode_texts, predict_proba, train_loop
 from training.metrics import classification_metrics, headline
 from training.model import (
-    ADAPTER_DIR,
-    HEAD_FILE,
+    TextClassifier,
     add_lora,
     build_classifier,
     check_base_model,
     freeze_encoder,
     load_tokenizer,
     parameter_counts,
-    save_adapter,
-    save_head,
 )
 from tuneserve.data import RawSplit, is_hub_id, read_hub_split, read_split, resolve_source
+from tuneserve.details import CompareDetails
 from tuneserve.errors import DataError
 from tuneserve.manifest import (
     build_manifest,
     input_entry,
     run_directory,
-    sha256_file,
+    write_json_atomic,
     write_manifest,
 )
 from tuneserve.models import BaseModelRef, resolve_base_model
@@ -47,7 +42,7 @@ from tuneserve.models import BaseModelRef, resolve_base_model
 log = logging.getLogger(__name__)
 
 LIBRARIES = ("torch", "transformers", "peft", "tokenizers", "safetensors", "numpy")
-_HUB_SPLITS = {"train": "train", "dev": None, "test": "validation"}
+_HUB_SPLITS = {"train": "train", "test": "validation"}
 
 
 def default_run_id() -> str:
@@ -63,16 +58,11 @@ def read_raw_splits(
     source = resolve_source(d.source, data)
     if is_hub_id(source):
 
-        def hub(name: str, split: str | None) -> RawSplit | None:
-            return (
-                None
-                if split is None
-                else read_hub_split(name, source, split, d.text_column, d.label_column)
-            )
+        def hub(name: str) -> RawSplit:
+            return read_hub_split(name, source, _HUB_SPLITS[name], d.text_column, d.label_column)
 
-        train, dev, test = (hub(n, s) for n, s in _HUB_SPLITS.items())
-        assert train is not None and test is not None
-        return train, dev, test
+        # the hub's GLUE-style datasets have no labelled dev split: it is carved from train
+        return hub("train"), None, hub("test")
     root = Path(source)
     if not root.exists():
         raise DataError(
@@ -80,15 +70,12 @@ def read_raw_splits(
             "or set data.source"
         )
 
-    def local(name: str, file: str | None) -> RawSplit | None:
-        if file is None:
-            return None
+    def local(name: str, file: str) -> RawSplit:
         path = Path(file) if Path(file).is_absolute() else root / file
         return read_split(name, path, d.text_column, d.label_column, d.format)
 
     train, test = local("train", d.train), local("test", d.test)
-    assert train is not None and test is not None
-    return train, local("dev", d.dev), test
+    return train, None if d.dev is None else local("dev", d.dev), test
 
 
 def choose_device(cfg: TrainingConfig) -> tuple[torch.device, str]:
@@ -114,20 +101,77 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fingerprint(texts: list[str], labels: list[int]) -> str:
-    """Identifies a split's content, so comparisons pair the same examples."""
-    digest = hashlib.sha256()
-    for text, label in zip(texts, labels, strict=True):
-        digest.update(f"{label}\t{text}\n".encode())
-    return digest.hexdigest()
-
-
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
     """Peak resident memory of this process (and of the GPU when used)."""
     out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if device.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
+
+
+def build_model(
+    method: Method, cfg: TrainingConfig, ref: BaseModelRef, num_labels: int, device: torch.device
+) -> tuple[TextClassifier, list[str]]:
+    """The classifier of ``method`` on ``device``: LoRA adapters or a frozen encoder, and the
+    LoRA target modules (none for the head-only baseline)."""
+    model = build_classifier(ref, cfg.model, num_labels)
+    targets: list[str] = []
+    if method == "lora":
+        targets = add_lora(model, cfg.lora, cfg.train.seed)
+    else:
+        freeze_encoder(model)
+    model.to(device)
+    return model, targets
+
+
+def fit(
+    method: Method,
+    cfg: TrainingConfig,
+    model: TextClassifier,
+    data: checks.CheckedData,
+    enc: dict[str, Encoded],
+    pad: int,
+    device: torch.device,
+    precision: str,
+) -> TrainResult:
+    """Train with early stopping on the dev split; the best state is left in ``model``."""
+
+    def evaluate_dev() -> dict[str, float]:
+        probs = predict_proba(model, enc["dev"], cfg.train.eval_batch_size, pad, device, precision)
+        return headline(
+            classification_metrics(data.dev.labels, probs.argmax(1).tolist(), data.id2label)
+        )
+
+    optim = cfg.lora if method == "lora" else cfg.head
+    return train_loop(
+        model,
+        enc["train"],
+        data.train.labels,
+        evaluate_dev,
+        optim,
+        cfg.train,
+        pad,
+        device,
+        precision,
+    )
+
+
+def speed_figures(result: TrainResult, device: torch.device, precision: str) -> dict[str, Any]:
+    """How long training took, how fast it went and how much memory it needed."""
+    train_only = max(result.seconds - result.eval_seconds, 1e-9)
+    return {
+        "wall_seconds": round(result.seconds, 2),
+        "dev_eval_seconds": round(result.eval_seconds, 2),
+        "examples_seen": result.examples_seen,
+        "examples_per_second": round(result.examples_seen / train_only, 2),
+        "steps": result.steps,
+        "stopped_early": result.stopped_early,
+        "best_step": result.best_step,
+        "device": str(device),
+        "precision": precision,
+        "torch_threads": torch.get_num_threads(),
+        **peak_memory_mb(device),
+    }
 
 
 def train_method(
@@ -142,13 +186,7 @@ def train_method(
     """Train one method into ``run_dir`` and write its manifest last."""
     seed_everything(cfg.train.seed)
     device, precision = choose_device(cfg)
-    model = build_classifier(ref, cfg.model, len(data.id2label))
-    targets: list[str] = []
-    if method == "lora":
-        targets = add_lora(model, cfg.lora, cfg.train.seed)
-    else:
-        freeze_encoder(model)
-    model.to(device)
+    model, targets = build_model(method, cfg, ref, len(data.id2label), device)
     counts = parameter_counts(model)
     log.info(
         "%s: %d trainable of %d parameters (%.2f%%) on %s, %s",
@@ -159,124 +197,36 @@ def train_method(
         device,
         precision,
     )
-
     max_len, pad = cfg.model.max_length, tokenizer.pad_token_id
     enc = {
         s.name: encode_texts(tokenizer, s.texts, max_len) for s in (data.train, data.dev, data.test)
     }
-    optim = cfg.lora if method == "lora" else cfg.head
+    result = fit(method, cfg, model, data, enc, pad, device, precision)
 
-    def evaluate_dev() -> dict[str, float]:
-        probs = predict_proba(model, enc["dev"], cfg.train.eval_batch_size, pad, device, precision)
-        return headline(
-            classification_metrics(data.dev.labels, probs.argmax(1).tolist(), data.id2label)
-        )
-
-    result = train_loop(
-        model,
-        enc["train"],
-        data.train.labels,
-        evaluate_dev,
-        optim,
-        cfg.train,
-        pad,
-        device,
-        precision,
-    )
     probs = predict_proba(model, enc["test"], cfg.train.eval_batch_size, pad, device, precision)
-    preds = probs.argmax(1).tolist()
-    test_metrics = classification_metrics(data.test.labels, preds, data.id2label)
-    train_only = max(result.seconds - result.eval_seconds, 1e-9)
-    speed = {
-        "wall_seconds": round(result.seconds, 2),
-        "dev_eval_seconds": round(result.eval_seconds, 2),
-        "examples_seen": result.examples_seen,
-        "examples_per_second": round(result.examples_seen / train_only, 2),
-        "steps": result.steps,
-        "stopped_early": result.stopped_early,
-        "best_step": result.best_step,
-        "device": str(device),
-        "precision": precision,
-        "torch_threads": torch.get_num_threads(),
-        **peak_memory_mb(device),
-    }
+    test_metrics = classification_metrics(data.test.labels, probs.argmax(1).tolist(), data.id2label)
+    speed = speed_figures(result, device, precision)
     metrics = {
         "test": test_metrics,
         "dev_best": result.best_metrics,
         "training": speed,
         "parameters": counts,
     }
-
-    artifacts = {
-        "head": HEAD_FILE,
-        "metrics": "metrics.json",
-        "training_log": "training_log.json",
-        "data_report": "data_report.json",
-        "curves": "curves.png",
-        "test_predictions": "test_predictions.jsonl",
-    }
-    save_head(model, run_dir / HEAD_FILE)
-    if method == "lora":
-        save_adapter(model, run_dir / ADAPTER_DIR, ref.name)
-        for name in sorted(os.listdir(run_dir / ADAPTER_DIR)):
-            artifacts[f"adapter/{name}"] = f"{ADAPTER_DIR}/{name}"
-    tokenizer.save_pretrained(str(run_dir / "tokenizer"))
-    for name in sorted(os.listdir(run_dir / "tokenizer")):
-        artifacts[f"tokenizer/{name}"] = f"tokenizer/{name}"
-    (run_dir / "eval").mkdir()
-    for split in (data.dev, data.test):
-        write_examples(run_dir / "eval" / f"{split.name}.jsonl", split.texts, split.labels)
-        artifacts[f"eval_{split.name}"] = f"eval/{split.name}.jsonl"
-    _dump(run_dir / "metrics.json", metrics)
-    _dump(run_dir / "training_log.json", result.log)
-    _dump(run_dir / "data_report.json", data.report)
-    with open(run_dir / "test_predictions.jsonl", "w", encoding="utf-8") as handle:
-        for i, (label, pred) in enumerate(zip(data.test.labels, preds, strict=True)):
-            handle.write(
-                json.dumps(
-                    {
-                        "index": i,
-                        "label": label,
-                        "pred": pred,
-                        "scores": [round(float(p), 6) for p in probs[i]],
-                    }
-                )
-                + "\n"
-            )
+    artifacts = outputs.write_outputs(
+        run_dir, method, model, ref, tokenizer, data, metrics, result.log, probs
+    )
     plot_curves(
         result.log,
         cfg.train.select_metric,
         run_dir / "curves.png",
         f"{run_id}: {method} on {ref.name}",
     )
-
-    details = {
-        "method": method,
-        "base_model": {"name": ref.name, "source": ref.source, "fingerprint": ref.fingerprint()},
-        "model": {
-            "pooling": cfg.model.pooling,
-            "max_length": max_len,
-            "num_labels": len(data.id2label),
-            "hidden_size": model.classifier.in_features,
-            "head_file": HEAD_FILE,
-            "adapter_dir": ADAPTER_DIR if method == "lora" else None,
-            "lora_targets": targets,
-            "model_input_names": list(enc["test"][0])
-            if enc["test"]
-            else list(tokenizer.model_input_names),
-        },
-        "id2label": {str(i): name for i, name in data.id2label.items()},
-        "label2id": {name: i for i, name in data.id2label.items()},
-        "raw_labels": data.label_keys,
-        "test_fingerprint": fingerprint(data.test.texts, data.test.labels),
-        "data_files": data_files(data.report),
-    }
-    effective = cfg.model_copy(update={"method": method}).model_dump(mode="json")
+    input_names = list(enc["test"][0]) if enc["test"] else list(tokenizer.model_input_names)
+    details = outputs.train_details(method, cfg, ref, model, data, targets, input_names)
     manifest = build_manifest(
-        stage="train",
         run_id=run_id,
         run_dir=run_dir,
-        config=effective,
+        config=cfg.model_copy(update={"method": method}).model_dump(mode="json"),
         artifacts=artifacts,
         metrics={"test_" + k: v for k, v in headline(test_metrics).items()}
         | {
@@ -288,29 +238,6 @@ def train_method(
     )
     write_manifest(run_dir, manifest)
     return metrics
-
-
-def data_files(report: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """Each split's source file and its sha256 (hub splits carry their id only)."""
-    files = {}
-    for name, stats in report["splits"].items():
-        source = stats.get("source", "")
-        if Path(source).is_file():
-            files[name] = {"path": source, "sha256": sha256_file(source)}
-        elif source:
-            files[name] = {"path": source}
-    return files
-
-
-def write_examples(path: Path, texts: list[str], labels: list[int]) -> None:
-    """The cleaned split as JSON lines (text, label id): later stages evaluate on exactly it."""
-    with open(path, "w", encoding="utf-8") as handle:
-        for text, label in zip(texts, labels, strict=True):
-            handle.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
-
-
-def _dump(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
 
 def prepare_data(
@@ -371,10 +298,16 @@ def write_comparison(
     result = compare.compare_runs(run_a, run_b)
     markdown = compare.to_markdown(result)
     with run_directory(root, run_id, overwrite=overwrite) as staging:
-        _dump(staging / "compare.json", result)
+        write_json_atomic(staging / "compare.json", result)
         (staging / "compare.md").write_text(markdown, encoding="utf-8")
+        details = CompareDetails(
+            run_a=result["a"]["run_id"],
+            run_b=result["b"]["run_id"],
+            method_a=result["a"]["method"],
+            method_b=result["b"]["method"],
+            test_examples=result["test_examples"],
+        )
         manifest = build_manifest(
-            stage="compare",
             run_id=run_id,
             run_dir=staging,
             config={},
@@ -382,6 +315,7 @@ def write_comparison(
             inputs=[input_entry("run_a", run_a), input_entry("run_b", run_b)],
             metrics={"mcnemar_p": result["mcnemar"]["p_value"]},
             libraries=("scipy",),
+            details=details,
         )
         write_manifest(staging, manifest)
     print(markdown)

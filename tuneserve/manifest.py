@@ -13,12 +13,15 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from tuneserve import __version__
+from tuneserve.details import AnyDetails, StageDetails, parse_details
 from tuneserve.errors import ManifestError
+
+D = TypeVar("D", bound=StageDetails)
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -57,7 +60,20 @@ class Manifest(BaseModel):
     artifacts: dict[str, ArtifactEntry] = Field(description="role -> file")
     metrics: dict[str, Any] = Field(default_factory=dict, description="headline figures")
     libraries: dict[str, str] = Field(default_factory=dict, description="library versions")
-    details: dict[str, Any] = Field(default_factory=dict, description="stage-specific facts")
+    details: AnyDetails = Field(description="the stage's typed, versioned facts")
+
+    @field_validator("details", mode="before")
+    @classmethod
+    def _details_of_stage(cls, value: Any, info: ValidationInfo) -> StageDetails:
+        return parse_details(str(info.data.get("stage")), value)
+
+    def details_as(self, kind: type[D]) -> D:
+        """The details, typed as ``kind``: a ManifestError when the run is of another stage."""
+        if not isinstance(self.details, kind):
+            raise ManifestError(
+                f"run {self.run_id} is a {self.stage!r} run: it has no {kind.stage} details"
+            )
+        return self.details
 
 
 def sha256_file(path: str | Path) -> str:
@@ -98,20 +114,20 @@ def library_versions(names: Iterable[str]) -> dict[str, str]:
 
 def build_manifest(
     *,
-    stage: str,
     run_id: str,
     run_dir: Path,
     config: dict[str, Any],
     artifacts: dict[str, str],
     inputs: Iterable[InputEntry] = (),
     metrics: dict[str, Any] | None = None,
+    details: AnyDetails,
     libraries: Iterable[str] = (),
-    details: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Hash every artifact (role -> relative path) and assemble the manifest."""
+    """Hash every artifact (role -> relative path) and assemble the manifest (of the details'
+    stage)."""
     return Manifest(
         schema_version=SCHEMA_VERSION,
-        stage=stage,
+        stage=details.stage,
         run_id=run_id,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         code_version={"tuneserve": __version__, "git_commit": git_commit()},
@@ -120,7 +136,7 @@ def build_manifest(
         artifacts={role: artifact_entry(run_dir, rel) for role, rel in artifacts.items()},
         metrics=metrics or {},
         libraries=library_versions(["tuneserve", *libraries]),
-        details=details or {},
+        details=details,
     )
 
 
@@ -159,15 +175,24 @@ def read_manifest(run_dir: str | Path, stage: str | None = None, verify: bool = 
             f"{run_dir} has no {MANIFEST_NAME}: the run did not finish; run the stage again"
         )
     try:
-        manifest = Manifest.model_validate_json(path.read_bytes())
+        raw = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path} is not a valid manifest: not JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path} is not a valid manifest: not a JSON object")
+    version = raw.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ManifestError(f"{path} has schema version {version}, expected {SCHEMA_VERSION}")
+    if stage is not None and raw.get("stage") != stage:
+        raise ManifestError(f"{run_dir} is a {raw.get('stage')!r} run, expected a {stage!r} run")
+    try:
+        raw["details"] = parse_details(str(raw.get("stage")), raw.get("details"))
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from exc
+    try:
+        manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         raise ManifestError(f"{path} is not a valid manifest: {exc.errors()[0]['msg']}") from exc
-    if manifest.schema_version != SCHEMA_VERSION:
-        raise ManifestError(
-            f"{path} has schema version {manifest.schema_version}, expected {SCHEMA_VERSION}"
-        )
-    if stage is not None and manifest.stage != stage:
-        raise ManifestError(f"{run_dir} is a {manifest.stage!r} run, expected a {stage!r} run")
     if verify:
         verify_artifacts(run_dir, manifest)
     return manifest

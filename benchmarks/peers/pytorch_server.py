@@ -22,18 +22,19 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from transformers import AutoModel, AutoTokenizer
 
+from tuneserve.details import ExportDetails
 from tuneserve.manifest import read_manifest
 
 
 def build_app(export: Path) -> Starlette:
-    details = read_manifest(export, stage="export", verify=False).details
+    details = read_manifest(export, stage="export", verify=False).details_as(ExportDetails)
     torch.set_num_threads(os.cpu_count() or 1)
     tokenizer = AutoTokenizer.from_pretrained(str(export / "tokenizer"))
     encoder = AutoModel.from_pretrained(str(export / "merged")).eval()
-    head = torch.nn.Linear(encoder.config.hidden_size, len(details["id2label"]))
+    head = torch.nn.Linear(encoder.config.hidden_size, len(details.id2label))
     head.load_state_dict(load_file(str(export / "merged" / "head.safetensors")))
-    labels = [details["id2label"][str(i)] for i in range(len(details["id2label"]))]
-    max_length = int(details["max_length"])
+    labels = details.labels()
+    max_length = details.max_length
 
     @torch.inference_mode()
     def classify(text: str) -> dict[str, object]:

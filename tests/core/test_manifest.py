@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.core.conftest import train_details
 from tuneserve.errors import ManifestError
 from tuneserve.manifest import (
     MANIFEST_NAME,
@@ -23,12 +24,12 @@ def _finish(run_dir: Path, run_id: str = "r1", text: str = "weights") -> None:
     (run_dir / "sub").mkdir(exist_ok=True)
     (run_dir / "sub" / "a.json").write_text("{}")
     manifest = build_manifest(
-        stage="train",
         run_id=run_id,
         run_dir=run_dir,
         config={"x": 1},
         artifacts={"model": "model.bin", "extra": "sub/a.json"},
         metrics={"accuracy": 0.5},
+        details=train_details(),
     )
     write_manifest(run_dir, manifest)
 

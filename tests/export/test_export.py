@@ -16,6 +16,7 @@ from export.optimize import ffn_output_nodes, integer_op_counts
 from export.parity import quantized_gate
 from export.run import run_export
 from tuneserve.cli import main
+from tuneserve.details import ExportDetails
 from tuneserve.errors import ModelError
 from tuneserve.inference import encode_batch, load_tokenizer, make_session, session_logits
 from tuneserve.manifest import read_manifest
@@ -75,15 +76,15 @@ def test_merge_matches_unmerged_lora(tiny_runs: dict[str, Path], tiny_bert: Path
 def test_export_outputs_and_manifest(exports: dict[str, Path]) -> None:
     run = exports["lora"]
     manifest = read_manifest(run, stage="export")  # every sha256 checked
-    d = manifest.details
-    assert d["profile"] == "cpu-int8"
-    assert d["opset"] == 17
-    assert d["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
-    assert d["id2label"] == {"0": "negative", "1": "positive"}
-    assert d["max_length"] == 32 and d["pooling"] == "mean"
-    assert d["quantization"]["per_channel"] is True
-    assert d["quantization"]["isa"] in ("avx512_vnni", "avx2", "arm64")
-    assert d["provider_hints"] == ["CPUExecutionProvider"]
+    d = manifest.details_as(ExportDetails)
+    assert d.profile == "cpu-int8"
+    assert d.opset == 17
+    assert d.input_names == ["input_ids", "attention_mask", "token_type_ids"]
+    assert d.id2label == {"0": "negative", "1": "positive"}
+    assert d.max_length == 32 and d.pooling == "mean"
+    assert d.quantization is not None and d.quantization.per_channel is True
+    assert d.quantization.isa in ("avx512_vnni", "avx2", "arm64")
+    assert d.provider_hints == ["CPUExecutionProvider"]
     assert manifest.inputs[0].role == "train_run"
     assert {
         "merged/model.safetensors",
@@ -97,23 +98,41 @@ def test_export_outputs_and_manifest(exports: dict[str, Path]) -> None:
     # each file is listed (and hashed) once; the details point at the served one
     paths = [entry.path for entry in manifest.artifacts.values()]
     assert len(paths) == len(set(paths))
-    assert d["serving_model"] in paths and d["fp32_model"] in paths
+    assert d.serving_model in paths and d.fp32_model in paths
     assert not (run / "onnx" / "model.raw.onnx").exists()
     assert json.loads((run / "quantization.json").read_text())["fallback_used"] is False
     assert manifest.metrics["onnx_max_abs_diff"] <= 1e-4
     assert manifest.metrics["dev_agreement"] >= 0.97
 
 
+def test_export_manifests_round_trip(exports: dict[str, Path]) -> None:
+    """What the export wrote reads back typed and dumps back to exactly the same JSON."""
+    for key in ("lora-cpu-int8", "head-cpu-int8", "lora-cpu-fp32"):
+        raw = json.loads((exports[key] / "manifest.json").read_text())
+        manifest = read_manifest(exports[key], stage="export")
+        details = manifest.details_as(ExportDetails)
+        assert manifest.model_dump(mode="json") == raw
+        assert ExportDetails.model_validate_json(details.model_dump_json()) == details
+        # the side files hold the same typed reports as the manifest
+        parity = json.loads((exports[key] / "parity.json").read_text())
+        assert parity == details.parity.model_dump(mode="json")
+        if details.quantization is not None:
+            quantization = json.loads((exports[key] / "quantization.json").read_text())
+            assert quantization == details.quantization.model_dump(mode="json")
+        else:
+            assert not (exports[key] / "quantization.json").exists()
+
+
 def test_fp32_onnx_matches_pytorch_from_files(exports: dict[str, Path]) -> None:
     from export.bench import _pytorch_runner
 
     run = exports["lora"]
-    d = read_manifest(run).details
+    d = read_manifest(run).details_as(ExportDetails)
     texts, _ = _read(Path(read_manifest(run).inputs[0].path).parent / "eval" / "test.jsonl")
     tok = load_tokenizer(run / "tokenizer" / "tokenizer.json", 32)
-    torch_run, _ = _pytorch_runner(run, d)
+    torch_run, _ = _pytorch_runner(run, d.model_dump())
     session = make_session(run / "onnx" / "model.fp32.onnx")
-    feed = encode_batch(tok, texts, d["input_names"])
+    feed = encode_batch(tok, texts, d.input_names)
     diff = np.abs(torch_run(feed) - session.run(["logits"], feed)[0]).max()
     assert diff <= 1e-4
 
@@ -122,20 +141,21 @@ def test_int8_graph_has_integer_matmuls(exports: dict[str, Path]) -> None:
     counts = integer_op_counts(exports["lora"] / "onnx" / "model.int8.onnx")
     assert counts.get("MatMulInteger", 0) + counts.get("DynamicQuantizeMatMul", 0) > 0
     # the most sensitive feed-forward output projections are block-wise; the choices are recorded
-    quant = read_manifest(exports["lora"]).details["quantization"]
-    assert set(quant["blockwise_sensitivity"]) == set(
+    quant = read_manifest(exports["lora"]).details_as(ExportDetails).quantization
+    assert quant is not None
+    assert set(quant.blockwise_sensitivity) == set(
         ffn_output_nodes(exports["lora"] / "onnx" / "model.fp32.onnx")
     )
-    assert 1 <= counts.get("MatMulNBits", 0) == len(quant["blockwise_nodes"]) <= 2
-    assert quant["embeddings"] == "per_row"
-    assert quant["smoothing"]["mode"] == "auto"
-    assert set(quant["smoothing"]["nodes"]).isdisjoint(quant["blockwise_nodes"])
+    assert 1 <= counts.get("MatMulNBits", 0) == len(quant.blockwise_nodes) <= 2
+    assert quant.embeddings == "per_row"
+    assert quant.smoothing.mode == "auto"
+    assert set(quant.smoothing.nodes).isdisjoint(quant.blockwise_nodes)
     assert integer_op_counts(exports["lora"] / "onnx" / "model.fp32.onnx") == {}
 
 
 def test_head_only_run_exports_the_same_way(exports: dict[str, Path]) -> None:
     manifest = read_manifest(exports["head"], stage="export")
-    assert manifest.details["merged_lora"] is False
+    assert manifest.details_as(ExportDetails).merged_lora is False
     assert manifest.metrics["onnx_max_abs_diff"] <= 1e-4
 
 
@@ -144,11 +164,11 @@ def test_gate_fails_on_damaged_model_and_passes_on_good(
 ) -> None:
 
     run = exports["lora"]
-    d = read_manifest(run).details
+    d = read_manifest(run).details_as(ExportDetails)
     texts, labels = _read(Path(read_manifest(run).inputs[0].path).parent / "eval" / "dev.jsonl")
     tok = load_tokenizer(run / "tokenizer" / "tokenizer.json", 32)
     fp32 = session_logits(make_session(run / "onnx" / "model.fp32.onnx"), tok, texts, 1)
-    good = session_logits(make_session(run / d["serving_model"]), tok, texts, 1)
+    good = session_logits(make_session(run / d.serving_model), tok, texts, 1)
     assert quantized_gate(fp32, good, labels, 0.97, 0.005)["passed"]
 
     negate_logits(run / "onnx" / "model.fp32.onnx", tmp_path / "damaged.onnx")
@@ -160,9 +180,9 @@ def test_gate_fails_on_damaged_model_and_passes_on_good(
 
 def _damage_unless_excluded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make INT8 output wrong unless the fallback excludes nodes (a damaged quantiser)."""
-    import export.run
+    import export.quantize
 
-    real = export.run.quantize_int8
+    real = export.quantize.quantize_int8
 
     def damaged(
         source: Path, target: Path, isa: str, per_channel: bool, exclude: list[str], **kw: Any
@@ -172,7 +192,7 @@ def _damage_unless_excluded(monkeypatch: pytest.MonkeyPatch) -> None:
             negate_logits(target, target)
         return settings
 
-    monkeypatch.setattr(export.run, "quantize_int8", damaged)
+    monkeypatch.setattr(export.quantize, "quantize_int8", damaged)
 
 
 def test_gate_failure_retries_with_ffn_outputs_in_fp32(
@@ -184,8 +204,9 @@ def test_gate_failure_retries_with_ffn_outputs_in_fp32(
     attempts = json.loads((out / "parity.json").read_text())["quantization_attempts"]
     assert [a["passed"] for a in attempts] == [False, True]
     assert attempts[1]["nodes_kept_fp32"] == 2  # two layers, one FFN output projection each
-    assert manifest.details["quantization"]["fallback_used"] is True
-    assert len(manifest.details["quantization"]["nodes_excluded"]) == 2
+    quant = manifest.details_as(ExportDetails).quantization
+    assert quant is not None and quant.fallback_used is True
+    assert len(quant.nodes_excluded) == 2
 
 
 def test_gate_failure_fails_the_export(
@@ -217,8 +238,9 @@ def test_gpu_fp16_profile_builds_on_cpu(tiny_runs: dict[str, Path], tmp_path: Pa
 
     out = run_export(tiny_runs["lora"], ExportConfig(profile="gpu-fp16", output_root=str(tmp_path)))
     manifest = read_manifest(out)
-    assert manifest.details["serving_model"] == "onnx/model.fp16.onnx"
-    assert manifest.details["provider_hints"][0] == "CUDAExecutionProvider"
+    details = manifest.details_as(ExportDetails)
+    assert details.serving_model == "onnx/model.fp16.onnx"
+    assert details.provider_hints[0] == "CUDAExecutionProvider"
     model = onnx.load(str(out / "onnx" / "model.fp16.onnx"))
     kinds = {init.data_type for init in model.graph.initializer}
     assert onnx.TensorProto.FLOAT16 in kinds
@@ -235,7 +257,7 @@ def test_gpu_fp16_on_cuda(tiny_runs: dict[str, Path], tmp_path: Path) -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("no CUDA execution provider")
     out = run_export(tiny_runs["lora"], ExportConfig(profile="gpu-fp16", output_root=str(tmp_path)))
-    assert json.loads((out / "parity.json").read_text())["fp16"]["passed"]
+    assert json.loads((out / "parity.json").read_text())["fp16"]["gate"]["passed"]
 
 
 def test_bench_model(exports: dict[str, Path], tmp_path: Path) -> None:

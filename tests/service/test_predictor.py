@@ -13,10 +13,11 @@ from service import metrics
 from service.batching import AdaptiveBatcher, DirectRunner
 from service.config import ServingConfig, load_serving_config
 from service.errors import DeadlineError, InvalidInputError, OverloadedError
-from service.model import VariantModel, _quantization_name
+from service.model import VariantModel
 from service.predictor import Predictor
 from tests.conftest import make_sentences
 from tests.service.conftest import write_serving_config
+from tuneserve.details import ExportDetails
 from tuneserve.inference import load_tokenizer, make_session, session_logits, softmax
 from tuneserve.manifest import read_manifest
 
@@ -32,10 +33,10 @@ def _settings(tmp_path: Path, exports: dict[str, Path], **sections: Any) -> Serv
 
 def offline_probs(export: Path, texts: list[str]) -> np.ndarray:
     """What the export stage's own code predicts, one text at a time."""
-    details = read_manifest(export, stage="export").details
-    tokenizer = load_tokenizer(export / details["tokenizer"], details["max_length"])
-    session = make_session(export / details["serving_model"], threads=1)
-    return softmax(session_logits(session, tokenizer, texts, 1, details["pad_token_id"]))
+    details = read_manifest(export, stage="export").details_as(ExportDetails)
+    tokenizer = load_tokenizer(export / details.tokenizer, details.max_length)
+    session = make_session(export / details.serving_model, threads=1)
+    return softmax(session_logits(session, tokenizer, texts, 1, details.pad_token_id))
 
 
 def _histogram_count(histogram: Any, variant: str) -> float:
@@ -176,10 +177,10 @@ def test_io_binding_gives_the_same_logits(tiny_exports: dict[str, Path]) -> None
     from tuneserve.inference import encode_batch, run_logits
 
     export = tiny_exports["lora-cpu-fp32"]
-    details = read_manifest(export, stage="export").details
-    tokenizer = load_tokenizer(export / details["tokenizer"], details["max_length"])
-    session = make_session(export / details["serving_model"], threads=1)
-    feed = encode_batch(tokenizer, TEXTS[:8], details["input_names"], details["pad_token_id"])
+    details = read_manifest(export, stage="export").details_as(ExportDetails)
+    tokenizer = load_tokenizer(export / details.tokenizer, details.max_length)
+    session = make_session(export / details.serving_model, threads=1)
+    feed = encode_batch(tokenizer, TEXTS[:8], details.input_names, details.pad_token_id)
     np.testing.assert_allclose(
         run_logits(session, feed, io_binding=True), run_logits(session, feed), atol=1e-6
     )
@@ -193,29 +194,10 @@ def test_cuda_without_gpu_falls_back_to_cpu_with_a_warning(
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has CUDA: the fallback does not apply")
     export = tiny_exports["lora"]
-    model_path = export / read_manifest(export, stage="export").details["serving_model"]
+    model_path = (
+        export / read_manifest(export, stage="export").details_as(ExportDetails).serving_model
+    )
     with caplog.at_level("WARNING"):
         session = make_session(model_path, threads=1, provider="cuda")
     assert session.get_providers() == ["CPUExecutionProvider"]
     assert "running model.int8.onnx on CPU" in caplog.text
-
-
-def test_the_quantization_name_lists_the_export_steps(
-    tmp_path: Path, tiny_exports: dict[str, Path]
-) -> None:
-    settings = _settings(tmp_path, tiny_exports)
-    variant = settings.variants[0].model_copy(update={"path": tiny_exports["lora-cpu-int8"]})
-    model = VariantModel(variant, settings)
-    quant = model.manifest.details["quantization"]
-    smoothed = sum(1 for c in quant["smoothing"].get("nodes", {}).values() if c["alpha"] > 0)
-    expected = f"int8-dynamic-{quant['isa']}"
-    expected += f"+smoothed{smoothed}" if smoothed else ""
-    expected += f"+blockwise{len(quant['blockwise_nodes'])}" if quant["blockwise_nodes"] else ""
-    assert model.quantization == expected + "+row-emb" and model.summary()["quantization"] == (
-        model.quantization
-    )
-    fp32 = settings.variants[0].model_copy(update={"path": tiny_exports["lora-cpu-fp32"]})
-    assert VariantModel(fp32, settings).quantization == "fp32"
-    plain = {"quantization": {"isa": "avx2", "embeddings": "per_tensor", "fallback_used": True,
-                              "smoothing": {"mode": "off"}, "blockwise_nodes": []}}  # fmt: skip
-    assert _quantization_name(plain) == "int8-dynamic-avx2+fp32-ffn"

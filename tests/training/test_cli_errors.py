@@ -32,6 +32,14 @@ def test_missing_data_file(
     assert "test split file" in line and "not found" in line
 
 
+def test_missing_train_file(
+    tiny_config_file: Path, sentiment_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (sentiment_dir / "train.tsv").unlink()
+    line = _run(tiny_config_file, capsys)
+    assert f"train split file {sentiment_dir / 'train.tsv'} not found: check data.source" in line
+
+
 def test_missing_data_directory(
     tiny_config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

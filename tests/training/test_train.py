@@ -10,7 +10,8 @@ import torch
 from training.config import TrainingConfig
 from training.model import load_trained
 from tuneserve.cli import main
-from tuneserve.manifest import read_manifest, sha256_file
+from tuneserve.details import CompareDetails, TrainDetails
+from tuneserve.manifest import Manifest, read_manifest, sha256_file
 from tuneserve.models import resolve_base_model
 
 TRAIN_FILES = {
@@ -35,15 +36,16 @@ def test_every_artifact_is_written_and_hashed(both_runs: dict[str, Path]) -> Non
         run = both_runs[method]
         assert {p.name for p in run.iterdir()} >= TRAIN_FILES
         manifest = read_manifest(run, stage="train")  # verifies every sha256
-        assert manifest.details["method"] == method
-        assert manifest.details["id2label"] == {"0": "negative", "1": "positive"}
-        assert manifest.details["base_model"]["fingerprint"]
+        details = manifest.details_as(TrainDetails)
+        assert details.method == method
+        assert details.id2label == {"0": "negative", "1": "positive"}
+        assert details.base_model.fingerprint
         assert {"eval_dev", "eval_test"} <= set(manifest.artifacts)
         lines = (run / "eval" / "test.jsonl").read_text().splitlines()
         assert len(lines) == 50 and set(json.loads(lines[0])) == {"text", "label"}
-        files = manifest.details["data_files"]
+        files = details.data_files
         assert set(files) == {"train", "dev", "test"}
-        assert files["test"]["sha256"] == sha256_file(files["test"]["path"])
+        assert files["test"].sha256 == sha256_file(files["test"].path)
         assert manifest.config["method"] == method
         assert "torch" in manifest.libraries
         metrics = json.loads((run / "metrics.json").read_text())
@@ -58,9 +60,19 @@ def test_every_artifact_is_written_and_hashed(both_runs: dict[str, Path]) -> Non
     assert (adapter / "adapter_model.safetensors").is_file()
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(
-        read_manifest(both_runs["lora"]).details["base_model"]["name"]
+        read_manifest(both_runs["lora"]).details_as(TrainDetails).base_model.name
     )
     assert not (both_runs["head"] / "adapter").exists()
+
+
+def test_train_and_compare_manifests_round_trip(both_runs: dict[str, Path]) -> None:
+    """What the stages wrote reads back typed and dumps back to exactly the same JSON."""
+    for run in (both_runs["head"], both_runs["lora"], both_runs["root"] / "compare" / "t"):
+        raw = json.loads((run / "manifest.json").read_text())
+        manifest = read_manifest(run)
+        assert type(manifest.details).__name__ == f"{manifest.stage.capitalize()}Details"
+        assert manifest.model_dump(mode="json") == raw
+        assert Manifest.model_validate_json(manifest.model_dump_json()) == manifest
 
 
 def test_training_lowers_the_loss(both_runs: dict[str, Path]) -> None:
@@ -146,7 +158,9 @@ def test_compare_command(both_runs: dict[str, Path], capsys: pytest.CaptureFixtu
     assert m["only_a_correct"] + m["only_b_correct"] == m["discordant"]
     assert "McNemar" in (out / "x" / "compare.md").read_text()
     assert "McNemar" in capsys.readouterr().out
-    read_manifest(out / "x", stage="compare")
+    compared = read_manifest(out / "x", stage="compare").details_as(CompareDetails)
+    assert (compared.method_a, compared.method_b, compared.test_examples) == ("head", "lora", 50)
+    assert compared.run_a == read_manifest(both_runs["head"]).run_id
     # the `both` run wrote its own comparison too
     read_manifest(both_runs["root"] / "compare" / "t", stage="compare")
 
