@@ -32,7 +32,7 @@ from service.openapi import REPORT_FORMATS, openapi_document
 from service.predictor import Predictor
 from service.report import build_report, format_report
 from service.report_page import render_page
-from service.validation import check_text, check_texts, check_user_id
+from service.validation import MAX_USER_ID_CHARS, check_text, check_texts, check_user_id
 from service.workers import all_live_workers_ready, all_workers_alive
 from tuneserve.errors import TuneserveError
 
@@ -105,12 +105,34 @@ def _user_id(ctx: bentoml.Context, user_id: str | None) -> str | None:
 
 
 USER_ID_HEADER = "X-User-Id"
+# What the checks of the endpoints accept, told to the OpenAPI document only (json_schema_extra
+# does not validate): the checks give the clearer messages, so they stay the validation.
+SOME_TEXT = {"pattern": r"\S"}  # not empty, not only whitespace
 UserId = Annotated[
     str | None,
-    Field(description="the caller's user id, the sticky A/B unit (or the X-User-Id header)"),
+    Field(
+        description="the caller's user id, the sticky A/B unit (or the X-User-Id header)",
+        json_schema_extra={**SOME_TEXT, "maxLength": MAX_USER_ID_CHARS},
+    ),
 ]
 ForcedVariant = Annotated[
-    str | None, Field(description="force this variant (QA); kept out of the A/B statistics")
+    str | None,
+    Field(
+        description="force this variant (QA); kept out of the A/B statistics",
+        json_schema_extra={"enum": [*SETTINGS.variant_names(), None]},
+    ),
+]
+Text = Annotated[str, Field(description="the text to classify", json_schema_extra=SOME_TEXT)]
+Texts = Annotated[
+    list[Any],
+    Field(
+        description="the texts to classify, in order",
+        json_schema_extra={
+            "items": {"type": "string", **SOME_TEXT},
+            "minItems": 1,
+            "maxItems": SETTINGS.limits.max_batch_texts,
+        },
+    ),
 ]
 
 
@@ -207,7 +229,7 @@ class Tuneserve:
     async def predict(
         self,
         ctx: bentoml.Context,
-        text: Annotated[str, Field(description="the text to classify")],
+        text: Text,
         user_id: UserId = None,
         variant: ForcedVariant = None,
     ) -> dict[str, Any]:
@@ -225,7 +247,7 @@ class Tuneserve:
     async def predict_batch(
         self,
         ctx: bentoml.Context,
-        texts: Annotated[list[Any], Field(description="the texts to classify, in order")],
+        texts: Texts,
         user_id: UserId = None,
         variant: ForcedVariant = None,
     ) -> dict[str, Any]:
