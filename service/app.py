@@ -1,4 +1,7 @@
-"""The BentoML service: POST /predict and /predict_batch, GET /models, /livez, /readyz, /metrics.
+"""The BentoML service: its endpoints, their one error path, and its OpenAPI document.
+
+POST /predict, /predict_batch, /feedback; GET /models, /ab/report, /docs.json; GET and PUT
+/ab/config; BentoML's own /livez, /readyz, /metrics.
 
 Start it with ``bentoml serve service.app:Tuneserve`` (or ``make serve``). The serving config is
 read when this module is imported, from ``$TUNESERVE_SERVING_CONFIG`` or configs/serving.toml, and
