@@ -1,4 +1,7 @@
-"""The BentoML service: POST /predict and /predict_batch, GET /models, /livez, /readyz, /metrics.
+"""The BentoML service: its endpoints, their one error path, and its OpenAPI document.
+
+POST /predict, /predict_batch, /feedback; GET /models, /ab/report, /docs.json; GET and PUT
+/ab/config; BentoML's own /livez, /readyz, /metrics.
 
 Start it with ``bentoml serve service.app:Tuneserve`` (or ``make serve``). The serving config is
 read when this module is imported, from ``$TUNESERVE_SERVING_CONFIG`` or configs/serving.toml, and
@@ -9,8 +12,10 @@ corrupt model stops ``bentoml serve`` before any worker starts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
-from typing import Annotated, Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, ParamSpec, TypeVar, cast
 
 import bentoml
 from pydantic import Field
@@ -20,16 +25,17 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from service.config import ServingConfig, load_serving_config
-from service.errors import InvalidInputError, NotFoundError, ServiceError
+from service.errors import InvalidInputError, ServiceError, UnavailableError
 from service.experiment.changes import check_token
 from service.ids import load_key
 from service.logs import install_request_text_filter, install_service_logging
 from service.middleware import GuardMiddleware
 from service.model import read_export
+from service.openapi import REPORT_FORMATS, openapi_document
 from service.predictor import Predictor
 from service.report import build_report, format_report
 from service.report_page import render_page
-from service.validation import check_text, check_texts, check_user_id
+from service.validation import MAX_USER_ID_CHARS, check_text, check_texts, check_user_id
 from service.workers import all_live_workers_ready, all_workers_alive
 from tuneserve.errors import TuneserveError
 
@@ -51,68 +57,127 @@ def _checked_settings() -> ServingConfig:
 SETTINGS = _checked_settings()
 
 
-def _error_response(error: ServiceError, ctx: Any = None) -> JSONResponse:
-    if ctx is not None:  # BentoML sets the status of an endpoint taking a context from it
-        ctx.response.status_code = error.status
+def error_response(_: Request, exc: Exception) -> Response:
+    """The one error answer: the error's status, headers and JSON shape (service/errors.py)."""
+    error = exc if isinstance(exc, ServiceError) else ServiceError("internal error")
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+# The one exception-handler table: the mounted app's routes raise and Starlette answers from it;
+# the BentoML endpoints, which BentoML would answer with a 500, answer from it by
+# ``answers_errors``. Errors of other layers (BentoML's validation, Starlette's 404/405) are put
+# into the same shape by service/middleware.py.
+ERROR_HANDLERS: dict[Any, Callable[[Request, Exception], Response]] = {ServiceError: error_response}
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def answers_errors(endpoint: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R | Response]]:
+    """A BentoML endpoint (with a ``ctx`` parameter) that answers the exceptions of
+    ERROR_HANDLERS from that table, as the mounted app does."""
+
+    @functools.wraps(endpoint)
+    async def answered(*args: P.args, **kwargs: P.kwargs) -> R | Response:
+        try:
+            return await endpoint(*args, **kwargs)
+        except tuple(ERROR_HANDLERS) as exc:
+            ctx = cast(bentoml.Context, kwargs["ctx"])  # BentoML passes it by name
+            handler = next(h for t, h in ERROR_HANDLERS.items() if isinstance(exc, t))
+            response = handler(ctx.request, exc)
+            ctx.response.status_code = response.status_code  # BentoML answers with this status
+            return response
+
+    return answered
 
 
 def _predictor(request: Request) -> Predictor:
     """The worker's Predictor, set on the mounted app once BentoML has built the service."""
     predictor = getattr(request.app.state, "predictor", None)
     if predictor is None:
-        raise NotFoundError("the service is still starting")
+        raise UnavailableError(
+            "the service is still starting; retry shortly",
+            retry_after_s=SETTINGS.limits.retry_after_s,
+        )
     return predictor
 
 
-async def _models(request: Request) -> JSONResponse:
-    try:
-        return JSONResponse(_predictor(request).summary())
-    except ServiceError as error:
-        return _error_response(error)
+def _user_id(ctx: bentoml.Context, user_id: str | None) -> str | None:
+    """The sticky A/B unit: the body's user id, else the X-User-Id header (checked)."""
+    return check_user_id(ctx.request.headers.get(USER_ID_HEADER) if user_id is None else user_id)
 
 
 USER_ID_HEADER = "X-User-Id"
+# What the checks of the endpoints accept, told to the OpenAPI document only (json_schema_extra
+# does not validate): the checks give the clearer messages, so they stay the validation.
+SOME_TEXT = {"pattern": r"\S"}  # not empty, not only whitespace
 UserId = Annotated[
     str | None,
-    Field(description="the caller's user id, the sticky A/B unit (or the X-User-Id header)"),
+    Field(
+        description="the caller's user id, the sticky A/B unit (or the X-User-Id header)",
+        json_schema_extra={**SOME_TEXT, "maxLength": MAX_USER_ID_CHARS},
+    ),
 ]
 ForcedVariant = Annotated[
-    str | None, Field(description="force this variant (QA); kept out of the A/B statistics")
+    str | None,
+    Field(
+        description="force this variant (QA); kept out of the A/B statistics",
+        json_schema_extra={"enum": [*SETTINGS.variant_names(), None]},
+    ),
 ]
+Text = Annotated[str, Field(description="the text to classify", json_schema_extra=SOME_TEXT)]
+Texts = Annotated[
+    list[Any],
+    Field(
+        description="the texts to classify, in order",
+        json_schema_extra={
+            "items": {"type": "string", **SOME_TEXT},
+            "minItems": 1,
+            "maxItems": SETTINGS.limits.max_batch_texts,
+        },
+    ),
+]
+
+
+async def _models(request: Request) -> JSONResponse:
+    return JSONResponse(_predictor(request).summary())
 
 
 async def _ab_report(request: Request) -> Response:
-    try:
-        predictor = _predictor(request)
-    except ServiceError as error:
-        return _error_response(error)
+    predictor = _predictor(request)
+    form = request.query_params.get("format", "json")
+    if form not in REPORT_FORMATS:
+        raise InvalidInputError("format must be json, text or html")
     loop = asyncio.get_running_loop()
     report = await loop.run_in_executor(None, build_report, predictor.store, predictor.settings)
-    form = request.query_params.get("format", "json")
     if form == "text":
         return PlainTextResponse(format_report(report) + "\n")
     if form == "html":
         return HTMLResponse(render_page(report))
-    if form != "json":
-        return _error_response(InvalidInputError("format must be json, text or html"))
     return JSONResponse(report)
 
 
 async def _ab_config(request: Request) -> Response:
+    predictor = _predictor(request)
+    if request.method == "GET":
+        return JSONResponse(predictor.experiment.summary())
+    check_token(request.headers.get("authorization"), predictor.settings.admin_token_env)
     try:
-        predictor = _predictor(request)
-        if request.method == "GET":
-            return JSONResponse(predictor.experiment.summary())
-        check_token(request.headers.get("authorization"), predictor.settings.admin_token_env)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise InvalidInputError("the body is not valid JSON") from None
-        loop = asyncio.get_running_loop()
-        return JSONResponse(await loop.run_in_executor(None, predictor.experiment.change, body))
-    except ServiceError as error:
-        return _error_response(error)
+        body = await request.json()
+    except ValueError:
+        raise InvalidInputError("the body is not valid JSON") from None
+    loop = asyncio.get_running_loop()
+    return JSONResponse(await loop.run_in_executor(None, predictor.experiment.change, body))
+
+
+async def _openapi(_: Request) -> JSONResponse:
+    return JSONResponse(_document())
+
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    bodies = {name: api.input_spec.model_json_schema() for name, api in _apis().items()}
+    return openapi_document(SETTINGS.name, bodies)
 
 
 routes = Starlette(
@@ -120,7 +185,10 @@ routes = Starlette(
         Route("/models", _models, methods=["GET"]),
         Route("/ab/report", _ab_report, methods=["GET"]),
         Route("/ab/config", _ab_config, methods=["GET", "PUT"]),
-    ]
+        # served here, it shadows BentoML's own /docs.json (which lists no mounted route)
+        Route("/docs.json", _openapi, methods=["GET"]),
+    ],
+    exception_handlers=ERROR_HANDLERS,
 )
 
 
@@ -160,50 +228,46 @@ class Tuneserve:
         await self.predictor.close()
 
     @bentoml.api(route="/predict")
+    @answers_errors
     async def predict(
         self,
         ctx: bentoml.Context,
-        text: Annotated[str, Field(description="the text to classify")],
+        text: Text,
         user_id: UserId = None,
         variant: ForcedVariant = None,
     ) -> dict[str, Any]:
         """Classify one text. The answer names the variant that served it."""
-        try:
-            texts = [check_text(text)]
-            unit = check_user_id(
-                ctx.request.headers.get(USER_ID_HEADER) if user_id is None else user_id
-            )
-            answers = await self.predictor.predict(texts, forced=variant, user_id=unit)
-        except ServiceError as error:
-            return _error_response(error, ctx)  # type: ignore[return-value]
+        texts = [check_text(text)]
+        answers = await self.predictor.predict(
+            texts, forced=variant, user_id=_user_id(ctx, user_id)
+        )
         answer = answers.predictions[0]
-        return JSONResponse(answer, headers={"X-Model-Variant": answer["variant"]})  # type: ignore[return-value]
+        ctx.response.metadata["X-Model-Variant"] = answer["variant"]
+        return answer
 
     @bentoml.api(route="/predict_batch")
+    @answers_errors
     async def predict_batch(
         self,
         ctx: bentoml.Context,
-        texts: Annotated[list[Any], Field(description="the texts to classify, in order")],
+        texts: Texts,
         user_id: UserId = None,
         variant: ForcedVariant = None,
     ) -> dict[str, Any]:
         """Classify several texts with one variant; answers come back in input order."""
-        try:
-            checked = check_texts(texts, SETTINGS.limits.max_batch_texts)
-            unit = check_user_id(
-                ctx.request.headers.get(USER_ID_HEADER) if user_id is None else user_id
-            )
-            answers = await self.predictor.predict(checked, forced=variant, user_id=unit)
-        except ServiceError as error:
-            return _error_response(error, ctx)  # type: ignore[return-value]
-        body = {
+        checked = check_texts(texts, SETTINGS.limits.max_batch_texts)
+        answers = await self.predictor.predict(
+            checked, forced=variant, user_id=_user_id(ctx, user_id)
+        )
+        ctx.response.metadata["X-Model-Variant"] = answers.variant
+        return {
             "variant": answers.variant,
             "model_version": answers.model_version,
             "predictions": answers.predictions,
         }
-        return JSONResponse(body, headers={"X-Model-Variant": answers.variant})  # type: ignore[return-value]
 
     @bentoml.api(route="/feedback")
+    @answers_errors
     async def feedback(
         self,
         ctx: bentoml.Context,
@@ -214,12 +278,13 @@ class Tuneserve:
 
         The first label stored for an id wins; repeating it changes nothing
         (``status: duplicate`` with the label kept)."""
-        try:
-            body = await self.predictor.feedback(prediction_id, label)
-        except ServiceError as error:
-            return _error_response(error, ctx)  # type: ignore[return-value]
-        return JSONResponse(body)  # type: ignore[return-value]
+        return await self.predictor.feedback(prediction_id, label)
 
 
 # The decorator made Tuneserve a bentoml Service (typed as the class it wraps).
 cast(Any, Tuneserve).add_asgi_middleware(GuardMiddleware, limits=SETTINGS.limits)
+
+
+def _apis() -> dict[str, Any]:
+    """The BentoML endpoints by name (their input models are the request-body schemas)."""
+    return cast(Any, Tuneserve).apis

@@ -16,10 +16,18 @@ class ServiceError(Exception):
     status = 500
     kind = "internal"
 
-    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
+        if retry_after_s is not None:
+            self.headers["Retry-After"] = str(retry_after_s)
 
     def body(self) -> dict[str, Any]:
         """The JSON body of the answer."""
@@ -54,6 +62,13 @@ class NotFoundError(ServiceError):
     kind = "not_found"
 
 
+class MethodNotAllowedError(ServiceError):
+    """A route called with a method it does not answer (Starlette's 405, in this shape)."""
+
+    status = 405
+    kind = "method_not_allowed"
+
+
 class PayloadTooLargeError(ServiceError):
     """The body or the batch is larger than the configured limit."""
 
@@ -68,6 +83,16 @@ class OverloadedError(ServiceError):
     kind = "overloaded"
 
 
+class UnavailableError(ServiceError):
+    """The worker cannot take requests yet (still starting); retry after ``Retry-After``."""
+
+    status = 503
+    kind = "unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+
+
 class DeadlineError(ServiceError):
     """The prediction did not finish within the deadline."""
 
@@ -80,21 +105,27 @@ def error_body(status: int, kind: str, message: str) -> dict[str, Any]:
     return {"error": message, "kind": kind, "status": status}
 
 
-KIND_BY_STATUS = {
-    400: "invalid_input",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "too_large",
-    415: "invalid_input",
-    422: "invalid_input",
-    429: "overloaded",
-    503: "overloaded",
-    504: "deadline",
+# The one status-to-kind table, made from the classes: the kind each status of the error contract
+# answers with, also when another layer (BentoML, Starlette) produced the status. A 503 from
+# BentoML is its own overload backstop or a worker not ready, so "overloaded" (UnavailableError's
+# "unavailable" is tuneserve's own); 415 and 422 are malformed input, 429 BentoML's backstop.
+CONTRACT_ERRORS: tuple[type[ServiceError], ...] = (
+    InvalidInputError,
+    UnauthorizedError,
+    ForbiddenError,
+    NotFoundError,
+    MethodNotAllowedError,
+    PayloadTooLargeError,
+    OverloadedError,
+    DeadlineError,
+)
+KIND_BY_STATUS = {error.status: error.kind for error in CONTRACT_ERRORS} | {
+    415: InvalidInputError.kind,
+    422: InvalidInputError.kind,
+    429: OverloadedError.kind,
 }
 
 
 def kind_for_status(status: int) -> str:
     """The error kind of a status another layer (BentoML, Starlette) answered with."""
-    return KIND_BY_STATUS.get(status, "internal" if status >= 500 else "invalid_input")
+    return KIND_BY_STATUS.get(status, "internal" if status >= 500 else InvalidInputError.kind)

@@ -123,7 +123,7 @@ class GuardMiddleware:
             error = OverloadedError(
                 f"the service is at its limit of {self.limits.max_inflight} requests in flight "
                 "per worker; retry shortly",
-                headers={"Retry-After": str(self.limits.retry_after_s)},
+                retry_after_s=self.limits.retry_after_s,
             )
             metrics.ERRORS.labels(kind=error.kind).inc()
             await send_error(send, error)

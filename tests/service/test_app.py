@@ -250,3 +250,25 @@ def test_ab_report_over_http(client: TestClient) -> None:
     assert "<h1>A/B report</h1>" in page.text and "Online accuracy over time" in page.text
     bad = client.get("/ab/report?format=pdf")
     assert bad.status_code == 400 and bad.json()["kind"] == "invalid_input"
+
+
+def test_a_worker_still_starting_answers_503_with_retry_after(
+    tiny_exports: dict[str, Path], tmp_path: Path
+) -> None:
+    """Before BentoML has built the service, the mounted routes have no predictor yet."""
+    from tests.service.conftest import load_app
+
+    config = write_serving_config(
+        tmp_path / "serving.toml", {"only": tiny_exports["lora"]}, "only",
+        limits={"retry_after_s": 7},
+    )  # fmt: skip
+    routes = load_app(config).routes  # the mounted app alone: no service, so no predictor
+    with TestClient(routes, raise_server_exceptions=False) as early:
+        for path in ("/models", "/ab/report", "/ab/config"):
+            r = early.get(path)
+            assert r.status_code == 503 and r.headers["retry-after"] == "7", path
+            assert r.json() == {
+                "error": "the service is still starting; retry shortly",
+                "kind": "unavailable",
+                "status": 503,
+            }
