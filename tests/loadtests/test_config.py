@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,28 +15,39 @@ import pytest
 
 from loadtests.config import LoadTestConfig, LocustSettings
 from loadtests.runner import locust_env, resolve_traffic, write_settings
+from tests.core.conftest import train_details
 from tuneserve.cli import _loadtest_config as loadtest_config
 from tuneserve.cli import build_parser, main
 from tuneserve.config import load_config
 from tuneserve.errors import ConfigError, DataError, ManifestError
-from tuneserve.manifest import build_manifest, input_entry, write_manifest
+from tuneserve.manifest import build_manifest, input_entry, read_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
+ExportRun = Callable[[Path, dict[str, Any]], Path]
 
 
-def export_run(root: Path, data: dict[str, Any]) -> Path:
-    """An export run whose train run was trained with the ``data`` section given (manifests
-    written by the real writer; no model files: only the manifest chain is read)."""
-    train = root / "train" / "run-lora"
-    train.mkdir(parents=True)
-    write_manifest(train, build_manifest(stage="train", run_id=train.name, run_dir=train,
-                                         config={"data": data}, artifacts={}))  # fmt: skip
-    export = root / "export" / "run-lora-cpu-int8"
-    export.mkdir(parents=True)
-    manifest = build_manifest(stage="export", run_id=export.name, run_dir=export, config={},
-                              artifacts={}, inputs=[input_entry("train_run", train)])  # fmt: skip
-    write_manifest(export, manifest)
-    return export
+@pytest.fixture
+def export_run(tiny_exports: dict[str, Path]) -> ExportRun:
+    """A factory of export runs whose train run was trained with the ``data`` section given
+    (manifests written by the real writer, details those of the tiny exports; no model files:
+    only the manifest chain is read)."""
+    export_details = read_manifest(tiny_exports["head"], stage="export", verify=False).details
+
+    def make(root: Path, data: dict[str, Any]) -> Path:
+        train = root / "train" / "run-lora"
+        train.mkdir(parents=True)
+        write_manifest(train, build_manifest(run_id=train.name, run_dir=train,
+                                             config={"data": data}, artifacts={},
+                                             details=train_details()))  # fmt: skip
+        export = root / "export" / "run-lora-cpu-int8"
+        export.mkdir(parents=True)
+        manifest = build_manifest(run_id=export.name, run_dir=export, config={}, artifacts={},
+                                  inputs=[input_entry("train_run", train)],
+                                  details=export_details)  # fmt: skip
+        write_manifest(export, manifest)
+        return export
+
+    return make
 
 
 @pytest.fixture
@@ -75,7 +87,9 @@ def test_unknown_keys_and_bad_values_are_config_errors(tmp_path: Path) -> None:
         _cfg("--set", "open_loop=true")
 
 
-def test_columns_and_label_names_come_from_the_model(tmp_path: Path, topics_csv: Path) -> None:
+def test_columns_and_label_names_come_from_the_model(
+    tmp_path: Path, export_run: ExportRun, topics_csv: Path
+) -> None:
     names = {"Business": "business", "Sci/Tech": "science", "Sports": "sports"}
     model = export_run(tmp_path, {"text_column": "text", "label_column": "label",
                                   "label_names": names})  # fmt: skip
@@ -85,7 +99,9 @@ def test_columns_and_label_names_come_from_the_model(tmp_path: Path, topics_csv:
                        ["Cup final tonight", "Sports"]]  # fmt: skip
 
 
-def test_a_wrong_column_names_the_flags(tmp_path: Path, topics_csv: Path) -> None:
+def test_a_wrong_column_names_the_flags(
+    tmp_path: Path, export_run: ExportRun, topics_csv: Path
+) -> None:
     model = export_run(tmp_path, {"text_column": "sentence", "label_column": "label"})
     with pytest.raises(
         DataError,
@@ -100,7 +116,7 @@ def test_a_wrong_column_names_the_flags(tmp_path: Path, topics_csv: Path) -> Non
 
 
 def test_a_model_without_a_readable_train_run_says_how_to_go_on(
-    tmp_path: Path, topics_csv: Path
+    tmp_path: Path, export_run: ExportRun, topics_csv: Path
 ) -> None:
     model = export_run(tmp_path, {"text_column": "text", "label_column": "label"})
     (tmp_path / "train" / "run-lora" / "manifest.json").unlink()
@@ -111,7 +127,10 @@ def test_a_model_without_a_readable_train_run_says_how_to_go_on(
 
 
 def test_serve_checks_the_traffic_before_starting_a_server(
-    tmp_path: Path, topics_csv: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    export_run: ExportRun,
+    topics_csv: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     model = export_run(tmp_path, {"text_column": "sentence", "label_column": "label"})
     serving = tmp_path / "serving.toml"
