@@ -192,12 +192,19 @@ def profile_point(
     users = max(args.users)
     slug = "".join(c if c.isalnum() else "-" for c in name.lower())[:40].strip("-")
     prefix = args.out / f"py-spy-{slug}"
-    spies = profiles.record(worker_pids(proc.pid, kind), args.warmup + args.seconds, prefix)
+    pids = worker_pids(proc.pid, kind)
+    spies = profiles.record(pids, args.warmup + args.seconds, prefix)
+    cpu_before = profiles.thread_cpu(pids)
     point = closed_point(url, proc.pid, args, traffic, users)
+    cpu_after = profiles.thread_cpu(pids)
     for spy in spies:
         spy.wait(60)
     raw = sorted(args.out.glob(f"{prefix.name}-*.txt"))
     summary = profiles.summarize(raw) | {"users": users, "files": [p.name for p in raw]}
+    names = {int(k): v for k, v in summary["thread_names"].items()}
+    summary["cpu_ms_per_request"] = profiles.cpu_by_thread(
+        cpu_before, cpu_after, names, point["total_requests"]
+    )
     print(profiles.format_summary(name, summary), flush=True)
     return {"point": point, "summary": summary}
 
