@@ -1,6 +1,7 @@
 """Serving benchmark: tuneserve (INT8 unbatched, INT8 adaptive batching, fp32) vs a hand-written
 PyTorch server, a bare BentoML endpoint over the same model (BentoML's own floor), and in-process
-ONNX Runtime as the ceiling, all measured in one run.
+ONNX Runtime as the ceiling (measured before and after the servers; the higher counts, since on a
+shared machine the ceiling moves), all measured in one run.
 
     .venv/bin/python benchmarks/serve_bench.py \
         --export artifacts/export/bench-sst2-r24-lora-cpu-int8 \
@@ -279,6 +280,16 @@ def in_process(export: Path, sentences: list[str], seconds: float) -> dict[str, 
     return result
 
 
+def best_of(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    """The in-process ceiling from two measurements (before and after the servers)."""
+    return {
+        "batch1_2threads_rps": max(first["batch1_2threads_rps"], last["batch1_2threads_rps"]),
+        "cpu_s_per_inference": min(first["cpu_s_per_inference"], last["cpu_s_per_inference"]),
+        "batch32_rps": max(first["batch32_rps"], last["batch32_rps"]),
+        "runs": [first, last],
+    }
+
+
 def write_config(path: Path, export: Path, batching: str) -> Path:
     path.write_text(
         f'[[variants]]\nname = "tuned"\npath = "{export}"\ncontrol = true\n'
@@ -459,6 +470,10 @@ def main() -> None:
             results.append({"key": key} | measure_server(name, kind, proc, url, args, traffic))
         finally:
             stop_process(proc)
+    # again at the end: on a shared machine the ceiling moves; the higher one is the ceiling
+    print("in-process ONNX Runtime again ...", flush=True)
+    inproc = best_of(inproc, in_process(args.export, sentences, args.seconds))
+    print(f"  {inproc}", flush=True)
     summary = ratios(results, inproc, max(args.users))
     report = {
         "machine": describe_machine(),
