@@ -55,6 +55,11 @@ TEST_SPLIT = "test.tsv"
 P99_SLO_MS = 100.0
 
 
+def ms(value: float | None) -> str:
+    """A latency for the tables; ``-`` when no request succeeded."""
+    return "-" if value is None else f"{value:.1f}"
+
+
 def free_port() -> int:
     import socket
 
@@ -223,7 +228,7 @@ def measure_server(
         point = closed_point(url, proc.pid, args, traffic, users)
         sweep.append(point)
         print(f"  {name}: {users:>3} users {point['throughput_rps']:7.1f} req/s "
-              f"p50 {point['p50_ms']:.1f} p99 {point['p99_ms']:.1f} ms "
+              f"p50 {ms(point['p50_ms'])} p99 {ms(point['p99_ms'])} ms "
               f"failures {point['failures']}, server CPU "
               f"{point['server_cpu_s_per_request'] * 1000:.2f} ms/request", flush=True)  # fmt: skip
     result["sweep"] = sweep
@@ -233,8 +238,8 @@ def measure_server(
     # open loop: Poisson arrivals at args.rate, latency from the intended send time
     fixed = load_point(url, args, traffic, 1, args.rate, open_loop=True)
     result["fixed_rate"] = fixed | {"offered_rps": args.rate}
-    print(f"  {name}: {args.rate:g} req/s offered -> p50 {fixed['p50_ms']:.1f} "
-          f"p99 {fixed['p99_ms']:.1f} ms", flush=True)  # fmt: skip
+    print(f"  {name}: {args.rate:g} req/s offered -> p50 {ms(fixed['p50_ms'])} "
+          f"p99 {ms(fixed['p99_ms'])} ms, failures {fixed['failures']}", flush=True)  # fmt: skip
     if args.py_spy and kind != "peer":
         result["py_spy"] = profile_point(name, kind, proc, url, args, traffic)
     return result
@@ -309,10 +314,11 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in results:
-        xs = [p["throughput_rps"] for p in r["sweep"]]
-        ys = [p["p99_ms"] for p in r["sweep"]]
+        points = [p for p in r["sweep"] if p["p99_ms"] is not None]
+        xs = [p["throughput_rps"] for p in points]
+        ys = [p["p99_ms"] for p in points]
         ax.plot(xs, ys, marker="o", label=r["name"])
-        for p in r["sweep"]:
+        for p in points:
             ax.annotate(str(p["users"]), (p["throughput_rps"], p["p99_ms"]), fontsize=7)
     ax.axhline(P99_SLO_MS, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("throughput (requests/s)")
@@ -336,8 +342,8 @@ def table(results: list[dict[str, Any]], inproc: dict[str, Any], rate: float) ->
         fixed = r["fixed_rate"]
         lines.append(
             f"| {r['name']} | {', '.join(f'{x:.0f}' for x in r['idle_worker_rss_mb'])} | "
-            f"{at32['throughput_rps']:.0f} | {at32['p99_ms']:.1f} | {r['max_rps_p99_100ms']:.0f} | "
-            f"{fixed['p50_ms']:.1f} / {fixed['p99_ms']:.1f} | "
+            f"{at32['throughput_rps']:.0f} | {ms(at32['p99_ms'])} | {r['max_rps_p99_100ms']:.0f} | "
+            f"{ms(fixed['p50_ms'])} / {ms(fixed['p99_ms'])} | "
             f"{at32['server_cpu_s_per_request'] * 1000:.2f} ms |"
         )
     lines.append(
@@ -357,8 +363,7 @@ def headline(results: list[dict[str, Any]], rate: float) -> str:
     ]
     for r in results:
         fixed = r["fixed_rate"]
-        p50 = "-" if fixed["p50_ms"] is None else f"{fixed['p50_ms']:.1f}"
-        p99 = "-" if fixed["p99_ms"] is None else f"{fixed['p99_ms']:.1f}"
+        p50, p99 = ms(fixed["p50_ms"]), ms(fixed["p99_ms"])
         lines.append(f"| {r['name']} | {r['max_rps_p99_100ms']:.0f} | {p50} / {p99} | "
                      f"{fixed['failures']} of {fixed['requests']} |")  # fmt: skip
     return "\n".join(lines)
@@ -470,6 +475,9 @@ def main() -> None:
             results.append({"key": key} | measure_server(name, kind, proc, url, args, traffic))
         finally:
             stop_process(proc)
+        (args.out / "partial.json").write_text(
+            json.dumps(results, indent=2)
+        )  # if a later one fails
     # again at the end: on a shared machine the ceiling moves; the higher one is the ceiling
     print("in-process ONNX Runtime again ...", flush=True)
     inproc = best_of(inproc, in_process(args.export, sentences, args.seconds))
