@@ -205,7 +205,7 @@ def profile_point(
     cpu_after = profiles.thread_cpu(pids)
     for spy in spies:
         spy.wait(60)
-    raw = sorted(args.out.glob(f"{prefix.name}-*.txt"))
+    raw = [p for pid in pids if (p := prefix.with_name(f"{prefix.name}-{pid}.txt")).is_file()]
     summary = profiles.summarize(raw) | {"users": users, "files": [p.name for p in raw]}
     names = {int(k): v for k, v in summary["thread_names"].items()}
     summary["cpu_ms_per_request"] = profiles.cpu_by_thread(
