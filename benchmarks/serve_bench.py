@@ -432,7 +432,10 @@ def main() -> None:
                         help="profile each BentoML server's workers in one more run")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench-serve" / "latest")
     args = parser.parse_args()
-    args.texts = test_split(args.data)
+    try:
+        args.texts = test_split(args.data)
+    except DataError as exc:
+        parser.error(str(exc))
     if args.py_spy and not profiles.available():
         parser.error("--py-spy needs py-spy: .venv/bin/pip install py-spy")
     args.out.mkdir(parents=True, exist_ok=True)

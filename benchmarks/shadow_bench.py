@@ -36,6 +36,7 @@ from benchmarks.serve_bench import (  # noqa: E402
 )
 from loadtests.runner import read_traffic  # noqa: E402
 from service.launch import stop_process, wait_ready  # noqa: E402
+from tuneserve.errors import DataError  # noqa: E402
 from tuneserve.machine import describe_machine  # noqa: E402
 
 
@@ -90,7 +91,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench-shadow" / "latest")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    args.texts = test_split(args.data)
+    try:
+        args.texts = test_split(args.data)
+    except DataError as exc:
+        parser.error(str(exc))
     work = args.work = Path(tempfile.mkdtemp(prefix="shadow-bench-"))
     traffic = read_traffic(load_config("http://127.0.0.1:1", args, 1, args.rate, True))
     runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
