@@ -8,22 +8,15 @@ import numpy as np
 import pytest
 
 from loadtests.histograms import (
-    SUMMARY_DIGITS,
     Recorder,
     decode,
     new_histogram,
     percentile_ms,
     record_ms,
 )
+from tests.loadtests.conftest import within_precision
 
 QS = (50.0, 90.0, 95.0, 99.0, 99.9, 100.0)
-
-
-def within_precision(value_ms: float | None, exact_ms: float, digits: int = SUMMARY_DIGITS) -> bool:
-    """A histogram's percentile is the exact sample rounded up to its bucket's end: at most
-    1/1024 (3 digits) or 1/128 (2 digits) above it, plus the 1 us recording resolution."""
-    relative = {3: 1 / 1024, 2: 1 / 128}[digits]
-    return value_ms is not None and -0.0005 <= value_ms - exact_ms <= exact_ms * relative + 0.001
 
 
 def test_a_million_samples_merged_from_four_histograms_match_numpy() -> None:
