@@ -51,7 +51,8 @@ log = logging.getLogger("tuneserve.locustfile")
 PLAN, STATS, FLUSH = "tuneserve_plan", "tuneserve_stats", "tuneserve_flush"
 REPORT_EVERY_S = 2.0  # a worker sends its histograms this often
 FLUSH_WAIT_S = 15.0  # at the end, the master waits this long for every worker's last report
-SHAPE_GRACE_S = 2.0  # shapes (and the closed loop's run time) outlast the measured interval
+GRACE_S = 2.0  # with workers, shapes (and the closed loop's run time) outlast the measured
+# interval: a worker starts its clock a little after the master
 
 
 def load_settings() -> LocustSettings:
@@ -77,9 +78,9 @@ _TOTAL_S = _CFG.warmup_s + _CFG.duration_s
 SHAPE_PARAMS = default_params(SHAPE, _CFG.users, _CFG.spawn_rate, _TOTAL_S) if SHAPE else {}
 
 
-def shape_tick(run_time_s: float) -> tuple[int, float] | None:
-    """The shape's users, its last step held for SHAPE_GRACE_S after the end, then None."""
-    if run_time_s >= _TOTAL_S + SHAPE_GRACE_S:
+def shape_tick(run_time_s: float, grace_s: float) -> tuple[int, float] | None:
+    """The shape's users, its last step held for ``grace_s`` after the end, then None."""
+    if run_time_s >= _TOTAL_S + grace_s:
         return None
     return make_tick(SHAPE, SHAPE_PARAMS)(min(run_time_s, _TOTAL_S - 1e-3))
 
@@ -252,13 +253,17 @@ class OpenLoopUser(TrafficMixin, FastHttpUser):
         raise StopUser()
 
 
+def _grace_s(runner: Any) -> float:
+    return GRACE_S if isinstance(runner, MasterRunner) else 0.0
+
+
 class StepShape(LoadTestShape):
     """More users every step until the maximum; stops at the end of the duration."""
 
     abstract = SHAPE != "step"
 
     def tick(self) -> tuple[int, float] | None:
-        return shape_tick(self.get_run_time())
+        return shape_tick(self.get_run_time(), _grace_s(self.runner))
 
 
 class SpikeShape(LoadTestShape):
@@ -267,7 +272,7 @@ class SpikeShape(LoadTestShape):
     abstract = SHAPE != "spike"
 
     def tick(self) -> tuple[int, float] | None:
-        return shape_tick(self.get_run_time())
+        return shape_tick(self.get_run_time(), _grace_s(self.runner))
 
 
 def send_report(runner: Any, final: bool = False) -> None:

@@ -123,8 +123,9 @@ def locust_command(cfg: LoadTestConfig, run_dir: Path, cluster: ClusterConfig = 
         # the run time is only a backstop
         users = str(worker_processes(cfg, cluster))
         return [*command, "-u", users, "-r", users, "-t", f"{total + 30:.0f}s", "OpenLoopUser"]
-    if cfg.shape == "constant":  # the run time outlasts the measured interval by 2 s
-        command += ["-u", str(cfg.users), "-r", f"{cfg.spawn_rate:g}", "-t", f"{total + 2:.0f}s"]
+    if cfg.shape == "constant":  # with workers, the run time outlasts the measured interval
+        run_s = total + (2 if cfg.processes > 1 or cluster.role == "master" else 0)
+        command += ["-u", str(cfg.users), "-r", f"{cfg.spawn_rate:g}", "-t", f"{run_s:.0f}s"]
     return [*command, "PredictUser"]
 
 
