@@ -27,12 +27,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import gevent
 from gevent.pool import Pool
@@ -41,14 +40,13 @@ from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from loadtests.config import SETTINGS_ENV, LoadTestConfig, LocustSettings
-from loadtests.histograms import HIGHEST_US, LOWEST_US, SUMMARY_DIGITS, WINDOW_DIGITS, Recorder
-from loadtests.schedule import worker_offsets, worker_seed
+from loadtests.cluster import FLUSH, PLAN, STATS, Run
+from loadtests.config import SETTINGS_ENV, LocustSettings
+from loadtests.schedule import worker_offsets
 from loadtests.shapes import default_params, make_tick
 from tuneserve.config import validate_config
 
 log = logging.getLogger("tuneserve.locustfile")
-PLAN, STATS, FLUSH = "tuneserve_plan", "tuneserve_stats", "tuneserve_flush"
 REPORT_EVERY_S = 2.0  # a worker sends its histograms this often
 FLUSH_WAIT_S = 15.0  # at the end, the master waits this long for every worker's last report
 GRACE_S = 2.0  # with workers, shapes (and the closed loop's run time) outlast the measured
@@ -85,54 +83,7 @@ def shape_tick(run_time_s: float, grace_s: float) -> tuple[int, float] | None:
     return make_tick(SHAPE, SHAPE_PARAMS)(min(run_time_s, _TOTAL_S - 1e-3))
 
 
-class Run:
-    """This process's part of the run: its config (the master's, on a worker), its index among
-    the workers, its random draws, its recorder, and the raw dump if one was asked for."""
-
-    def __init__(self, cfg: LoadTestConfig) -> None:
-        self.adopt(cfg, 0, 1)
-        self.started_at: float | None = None
-        self.final = False  # a worker's last report is sent: nothing more is recorded
-        self.schedule_started = False
-        self.raw: IO[str] | None = None
-        self.recorder = Recorder()
-        self.workers: dict[int, float | None] = {}  # master: worker index -> its start time
-        self.finals: set[int] = set()  # master: workers whose last report came
-
-    def adopt(self, cfg: LoadTestConfig, index: int, count: int) -> None:
-        self.cfg, self.index, self.count = cfg, index, count
-        self.rng = random.Random(worker_seed(cfg.seed, index))
-        self.label_names: dict[str, str] = dict(cfg.label_names)
-
-    @property
-    def total_s(self) -> float:
-        return self.cfg.warmup_s + self.cfg.duration_s
-
-    def record(self, t0: float, latency_ms: float, status: int, variant: str, kind: str,
-               late_ms: float) -> None:  # fmt: skip
-        """One request sent at ``t0``: into the measured rows (after the warm-up, before the
-        end), into its 1-second window, and into the raw dump if there is one."""
-        if self.final or self.started_at is None:
-            return
-        since = t0 - self.started_at
-        measured = self.cfg.warmup_s <= since < self.total_s
-        second = int(since) if 0 <= since < self.total_s else None
-        self.recorder.record(kind, variant, status, latency_ms, late_ms > self.cfg.late_ms,
-                             measured, second)  # fmt: skip
-        if SETTINGS.raw is not None:
-            if self.raw is None:
-                path = SETTINGS.raw.with_name(f"{SETTINGS.raw.stem}-{self.index}.jsonl")
-                self.raw = path.open("w", encoding="utf-8")
-            row = [t0, latency_ms, status, variant, kind, late_ms, measured]
-            self.raw.write(json.dumps(row) + "\n")
-
-    def close_raw(self) -> None:
-        if self.raw is not None:
-            self.raw.close()
-            self.raw = None
-
-
-RUN = Run(_CFG)
+RUN = Run(_CFG, SETTINGS.raw)
 
 
 def label_name(label: Any) -> str | None:
@@ -277,13 +228,8 @@ class SpikeShape(LoadTestShape):
 
 def send_report(runner: Any, final: bool = False) -> None:
     """A worker's histograms since its last report (and whether it is its last) to the master."""
-    if RUN.final:
-        return
-    RUN.final = final
-    if final:
-        RUN.close_raw()
-    runner.send_message(STATS, {"index": RUN.index, "started_at": RUN.started_at,
-                                "final": final, "recorder": RUN.recorder.take()})  # fmt: skip
+    if not RUN.final:
+        runner.send_message(STATS, RUN.report(final))
 
 
 def _report_every(runner: Any) -> None:
@@ -294,19 +240,14 @@ def _report_every(runner: Any) -> None:
 
 def _on_plan(environment: Any, msg: Any, **_: Any) -> None:
     """Worker: the master's config, this worker's index and the worker count."""
-    cfg = validate_config(LoadTestConfig, msg.data["config"], "the master's load-test config")
-    RUN.adopt(cfg, int(msg.data["index"]), int(msg.data["count"]))
+    RUN.follow(msg.data)
 
 
 def _on_stats(environment: Any, msg: Any, **_: Any) -> None:
     """Master: merge a worker's report; in open loop, quit once every worker is done."""
-    RUN.recorder.merge(msg.data["recorder"])
-    index = int(msg.data["index"])
-    RUN.workers[index] = msg.data["started_at"] or RUN.workers.get(index)
-    if msg.data["final"]:
-        RUN.finals.add(index)
-        if RUN.cfg.open_loop and len(RUN.finals) >= RUN.count:
-            gevent.spawn(environment.runner.quit)
+    RUN.merge_report(msg.data)
+    if RUN.cfg.open_loop and RUN.all_finished:
+        gevent.spawn(environment.runner.quit)
 
 
 @events.init.add_listener
@@ -323,11 +264,7 @@ def _on_init(environment: Any, **_: Any) -> None:
 def _on_test_start(environment: Any, **_: Any) -> None:
     runner = environment.runner
     if isinstance(runner, MasterRunner):
-        clients = sorted(client.id for client in runner.clients.all)
-        RUN.count = len(clients)
-        config = RUN.cfg.model_dump(mode="json")
-        for index, client_id in enumerate(clients):
-            plan = {"index": index, "count": len(clients), "config": config}
+        for client_id, plan in RUN.plans([client.id for client in runner.clients.all]):
             runner.send_message(PLAN, plan, client_id)
     else:
         if not RUN.cfg.open_loop:
@@ -344,14 +281,14 @@ def _on_test_start(environment: Any, **_: Any) -> None:
 def _on_test_stopping(environment: Any, **_: Any) -> None:
     """Master: ask every worker for its last report and wait for them (FLUSH_WAIT_S at most)."""
     runner = environment.runner
-    if not isinstance(runner, MasterRunner) or len(RUN.finals) >= RUN.count:
+    if not isinstance(runner, MasterRunner) or RUN.all_finished:
         return
     for client in runner.clients.all:
         runner.send_message(FLUSH, None, client.id)
     deadline = time.time() + FLUSH_WAIT_S
-    while len(RUN.finals) < RUN.count and time.time() < deadline:
+    while not RUN.all_finished and time.time() < deadline:
         gevent.sleep(0.05)
-    if len(RUN.finals) < RUN.count:
+    if not RUN.all_finished:
         log.warning("%d of %d workers sent no last report within %.0f s: their last %.0f s are "
                     "missing", RUN.count - len(RUN.finals), RUN.count, FLUSH_WAIT_S,
                     REPORT_EVERY_S)  # fmt: skip
@@ -374,17 +311,5 @@ def _write_results(environment: Any, **_: Any) -> None:
     RUN.close_raw()
     if isinstance(environment.runner, WorkerRunner):
         return
-    distributed = isinstance(environment.runner, MasterRunner)
-    starts = [t for t in RUN.workers.values() if t is not None]
-    meta = {
-        "mode": "open" if RUN.cfg.open_loop else "closed", "rate": RUN.cfg.rate,
-        "arrivals": RUN.cfg.arrivals, "label_names": RUN.label_names,
-        "started_at": (min(starts) if starts else None) if distributed else RUN.started_at,
-        "workers": RUN.count if distributed else 1, "distributed": distributed,
-        "workers_reported": len(RUN.workers) if distributed else 1,
-        "workers_finished": len(RUN.finals) if distributed else 1,
-        "histogram": {"unit": "us", "lowest": LOWEST_US, "highest": HIGHEST_US,
-                      "summary_digits": SUMMARY_DIGITS, "window_digits": WINDOW_DIGITS},
-    }  # fmt: skip
-    data = {"meta": meta, **RUN.recorder.dump()}
+    data = RUN.results(distributed=isinstance(environment.runner, MasterRunner))
     SETTINGS.results.write_text(json.dumps(data), encoding="utf-8")

@@ -162,7 +162,7 @@ def test_the_locustfile_gets_one_settings_file(tmp_path: Path) -> None:
 
 
 def test_the_config_the_locustfile_imports_stays_light() -> None:
-    code = ("import sys, loadtests.config\n"
+    code = ("import sys, loadtests.config, loadtests.cluster\n"
             "print(sorted(m for m in ('torch', 'numpy', 'service', 'bentoml', 'locust', 'gevent')"
             " if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
