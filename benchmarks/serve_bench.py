@@ -37,6 +37,7 @@ from service.config import ServingConfig  # noqa: E402
 from service.launch import stop_process, wait_ready  # noqa: E402
 from service.model import VariantModel  # noqa: E402
 from tuneserve.machine import describe_machine  # noqa: E402
+from tuneserve.percentiles import percentiles  # noqa: E402
 
 SST2_TEST = REPO.parent / "shared" / "data" / "sst2" / "test.tsv"
 P99_SLO_MS = 100.0
@@ -125,15 +126,16 @@ def run_locust(
     end = start + seconds
     window = [r for r in rows if start <= r[0] < end]
     ok = np.array([r[1] for r in window if r[2] == 200])
+    exact = percentiles(ok, (50, 90, 99)) if len(ok) else {}
     return {
         "users": users,
         "offered_rps_per_user": rate or None,
         "requests": len(window),
         "failures": sum(1 for r in window if r[2] != 200),
         "throughput_rps": len(ok) / seconds,
-        "p50_ms": float(np.percentile(ok, 50)) if len(ok) else None,
-        "p90_ms": float(np.percentile(ok, 90)) if len(ok) else None,
-        "p99_ms": float(np.percentile(ok, 99)) if len(ok) else None,
+        "p50_ms": exact[50] if len(ok) else None,  # nearest rank (tuneserve.percentiles)
+        "p90_ms": exact[90] if len(ok) else None,
+        "p99_ms": exact[99] if len(ok) else None,
         "max_ms": float(ok.max()) if len(ok) else None,
         "total_requests": len(rows),
     }

@@ -11,6 +11,7 @@ import numpy as np
 
 from loadtests.slo import PERCENTILES
 from tuneserve.errors import RunError
+from tuneserve.percentiles import percentile, percentiles
 
 
 class Sample(NamedTuple):
@@ -54,8 +55,9 @@ def summarize(name: str, samples: list[Sample], seconds: float) -> dict[str, Any
         "late": 0,
         "rps": sum(1 for s in samples if s.kind != "dropped") / seconds if seconds > 0 else 0.0,
     }
+    exact = percentiles(latencies, list(PERCENTILES.values())) if len(latencies) else {}
     for key, q in PERCENTILES.items():
-        row[f"{key}_ms"] = float(np.percentile(latencies, q)) if len(latencies) else None
+        row[f"{key}_ms"] = exact.get(q)
     row["max_ms"] = float(latencies.max()) if len(latencies) else None
     return row
 
@@ -95,9 +97,9 @@ def windows(samples: list[Sample], start: float, end: float, step_s: float = 1.0
         }
         for key in ("p50", "p90", "p99"):
             q = PERCENTILES[key]
-            point[f"{key}_ms"] = float(np.percentile(lat, q)) if len(lat) else None
+            point[f"{key}_ms"] = percentile(lat, q) if len(lat) else None
         for variant in variants:
             vl = [s.latency_ms for s in chunk if s.variant == variant and ok(s)]
-            point[f"p99_ms[{variant}]"] = float(np.percentile(vl, 99)) if vl else None
+            point[f"p99_ms[{variant}]"] = percentile(vl, 99) if vl else None
         out.append(point)
     return out
