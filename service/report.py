@@ -6,7 +6,8 @@ Built from the store alone, so `GET /ab/report` and `tuneserve ab-report --db PA
 It covers the current experiment (the routing salt in force). Forced traffic, and traffic
 outside the experiment's coverage, is left out of every figure but
 its own count. The sample ratio is judged on the traffic since the last change of the experiment
-state (weights, disabled variants), against the shares in force.
+state (weights, disabled variants), against the shares in force. Latency percentiles are nearest
+rank (tuneserve.percentiles), of the answered requests.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ LATENCY_QS = (50, 95, 99)  # the latency percentiles reported (nearest rank: tun
 
 
 def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
-    """The report as JSON-ready data."""
+    """The report as JSON-ready data.
+
+    Five reads of the store, whatever its size: the experiment state, its history, per variant
+    the counts and latency percentiles (one grouped query; SQLite, without percentile_disc,
+    reads the answered latencies in a sixth), the labelled predictions in feedback order (the
+    always-valid test and the timeline walk them), and the shadow counts."""
     control = settings.control.name
     state = read_state(store, settings)
     history = store.history()
