@@ -1,18 +1,19 @@
 """The prediction log (and shadow results), written off the request path: a bounded queue
 drained by one thread.
 
-A request only puts its rows on the queue (never waiting); the writer thread stores them in
-batches, gathering rows for up to ``flush_interval_s`` so that light traffic costs one commit
-per interval rather than one per request. When the queue is full, rows are dropped and counted in
-``tuneserve_log_dropped_total``, never silently. Closing flushes what is queued.
+A request only appends its rows to the queue (never waiting, and never waking the writer: a
+wake-up per row cost the event loop a thread hand-off per request); the writer thread wakes every
+``flush_interval_s``, or as soon as ``batch_size`` rows wait, and stores what queued in batches,
+so light traffic costs one commit per interval rather than one per request. When the queue is
+full, rows are dropped and counted in ``tuneserve_log_dropped_total``, never silently. Closing
+flushes what is queued.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,6 @@ from service import metrics
 from service.store import Store
 
 logger = logging.getLogger(__name__)
-_STOP = object()
 
 
 class PredictionLog:
@@ -33,39 +33,38 @@ class PredictionLog:
         batch_size: int = 256,
         flush_interval_s: float = 0.2,
     ) -> None:
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        # deque.append and popleft are atomic: the queue needs no lock, and submit no wake-up
+        self.queue: deque[tuple[str, dict[str, Any]]] = deque()
+        self.max_queue = max_queue
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.store = open_store()
+        self._wake = threading.Event()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="tuneserve-log", daemon=True)
         self._thread.start()
 
     def submit(self, row: dict[str, Any], table: str = "predictions") -> bool:
         """Queue one row of ``predictions`` or ``shadow``; False (and counted) when full."""
-        try:
-            self.queue.put_nowait((table, row))
-        except queue.Full:
+        queued = len(self.queue)
+        if queued >= self.max_queue:
             metrics.LOG_DROPPED.labels(kind="queue_full").inc()
             return False
+        self.queue.append((table, row))
+        if queued + 1 == self.batch_size:  # a full batch need not wait for the interval
+            self._wake.set()
         return True
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            item = self.queue.get()
-            batch: list[tuple[str, dict[str, Any]]] = []
-            deadline = time.monotonic() + self.flush_interval_s
-            while item is not _STOP:  # gather for a moment: one commit for many rows
-                batch.append(item)
-                if len(batch) >= self.batch_size:
-                    break
-                try:
-                    item = self.queue.get(timeout=max(deadline - time.monotonic(), 0.0))
-                except queue.Empty:
-                    break
-            stopping = item is _STOP
-            if batch:
-                self._write(batch)
+        while True:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            stopping = self._stopping  # read before draining: rows queued before close are kept
+            while self.queue:
+                count = min(len(self.queue), self.batch_size)
+                self._write([self.queue.popleft() for _ in range(count)])
+            if stopping:
+                return
 
     def _write(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         tables: dict[str, list[dict[str, Any]]] = {}
@@ -83,7 +82,8 @@ class PredictionLog:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush what is queued, then stop the writer."""
-        self.queue.put(_STOP)
+        self._stopping = True
+        self._wake.set()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             logger.error("prediction log: flush did not finish in %.0f s", timeout_s)
