@@ -50,12 +50,12 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
     outcomes: dict[str, list[bool]] = defaultdict(list)
     for row in labelled:
         outcomes[row.variant].append(row.correct)
-    none = VariantSummary("", 0, 0, 0, 0, 0, {})
+    no_rows = VariantSummary("", 0, 0, 0, 0, 0, {})  # a variant that has logged nothing yet
     variants = []
     for name in settings.variant_names():
         n, hits = len(outcomes[name]), sum(outcomes[name])
         low, high = wilson_interval(hits, n)
-        c = counts.get(name, none)
+        c = counts.get(name, no_rows)
         variants.append({
             "variant": name,
             "control": name == control,
