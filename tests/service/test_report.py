@@ -274,10 +274,19 @@ def test_report_reads_the_store_in_five_queries_and_no_latency_rows_on_postgres(
         reads.append((statement, len(found)))
         return found
 
+    executed: list[str] = []
+    execute = store.conn.execute
+
+    def every(statement: str, params: Sequence[Any] = ()) -> Any:
+        executed.append(statement)
+        return execute(statement, params)
+
     monkeypatch.setattr(Store, "_rows", counted)
+    monkeypatch.setattr(store.conn, "execute", every)
     report = build_report(store, settings)
     on_postgres = store.url is not None
     assert len(reads) == (5 if on_postgres else 6), [statement for statement, _ in reads]
+    assert executed == [statement for statement, _ in reads]  # no statement bypasses _rows
     # every row read is a labelled prediction, a history entry or a per-variant figure; only
     # SQLite reads the answered latencies (2200 rows) to take their percentiles in Python
     latency_rows = 0 if on_postgres else 2200
