@@ -8,8 +8,8 @@ shared machine the ceiling moves), all measured in one run.
         --fp32-export artifacts/export/bench-sst2-r24-lora-cpu-fp32 [--py-spy]
 
 For each server: resident memory per idle worker; a closed-loop sweep with Locust (users 1 to 32,
-the first seconds of each run excluded) giving throughput and exact p50/p99 from raw per-request
-rows; the highest throughput with p99 <= 100 ms; p50/p99 at 50 requests/s offered (open loop:
+the first seconds of each run excluded) giving throughput and p50/p99 from the runner's HDR histograms
+(nearest rank, 3 significant digits); the highest throughput with p99 <= 100 ms; p50/p99 at 50 requests/s offered (open loop:
 arrivals at intended times, latency measured from them); the server's CPU seconds per request.
 Locust runs through loadtests' runner (the same locustfile and statistics as `tuneserve
 loadtest`), on the same machine as the server, and takes its share of the cores: every report
@@ -42,7 +42,6 @@ sys.path.insert(0, str(REPO))
 from benchmarks import profiles  # noqa: E402
 from loadtests.config import LoadTestConfig  # noqa: E402
 from loadtests.runner import read_traffic, run_locust  # noqa: E402
-from loadtests.stats import read_samples  # noqa: E402
 from service.config import ServingConfig  # noqa: E402
 from service.launch import stop_process, wait_ready  # noqa: E402
 from service.model import VariantModel  # noqa: E402
@@ -166,14 +165,14 @@ def load_point(
     run_dir = args.work / f"{url.rsplit(':', 1)[-1]}-{cfg.run_id}"
     result = run_locust(cfg, run_dir, traffic)
     row = result["rows"][0]  # "all": every prediction of the window
-    _, samples = read_samples(run_dir / "requests.json")
     return {
         "users": users,
         "requests": row["requests"],
         "failures": row["failures"],
         "throughput_rps": (row["requests"] - row["failures"]) / cfg.duration_s,
         **{f"{k}_ms": row[f"{k}_ms"] for k in ("p50", "p90", "p99", "max")},
-        "total_requests": sum(1 for s in samples if s.kind in ("predict", "dropped")),
+        # every request of the run, warm-up included (1 s windows): the CPU figures' divisor
+        "total_requests": round(sum(w["sent_per_s"] for w in result["windows"])),
     }
 
 

@@ -7,7 +7,7 @@ Serves baseline (control) and tuned half and half, once without shadow and once 
 request that baseline answers also scored by tuned in shadow (share 1.0, the worst case), and
 runs the same fixed offered rate against each (open loop: Poisson arrivals at intended times,
 latency measured from them), in alternating rounds so that drift on a shared machine hits both
-alike. Reports live p50/p99 from raw per-request rows, and how many shadow jobs ran or were
+alike. Reports live p50/p99 from the load-test runner, and how many shadow jobs ran or were
 skipped (bounded: a job starts only while its worker has no live request in flight, and runs at
 the lowest CPU priority). Locust runs on the same cores as the server.
 Writes shadow.json and shadow.md.
