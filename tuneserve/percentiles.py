@@ -8,10 +8,10 @@ Why this one:
 - PostgreSQL computes the same figure in the database, ``percentile_disc(p) WITHIN GROUP
   (ORDER BY x)`` with p = ``fraction(q)``, so the A/B report need not fetch every latency row
   (service/store.py); numpy computes it as ``np.quantile(x, fraction(q), method="inverted_cdf")``;
-- HDR histograms (the load tests' merged latencies) report an observed value too, rounded to
-  the histogram's precision: the `hdrhistogram` package's ``get_value_at_percentile`` takes rank
-  round(q/100 * n) (at least 1) and reports the highest value of that rank's bucket, so it agrees
-  with this definition to within one rank and the histogram's significant digits.
+- the load tests' merged HDR histograms (loadtests/histograms.py) take this same ``rank`` and
+  report the end of that sample's bucket, so they agree to within the histogram's significant
+  digits (the `hdrhistogram` package's own ``get_value_at_percentile`` rounds the rank to the
+  nearest instead, round(q/100 * n), one rank off at times, so it is not used).
 
 The rank is exact: q is read as the decimal it is written as (99.9 is 999/10) and k computed in
 rational arithmetic. numpy and PostgreSQL evaluate ceil(n * p) in float64, which overshoots where
@@ -21,7 +21,8 @@ n = 100. ``fraction(q)`` is therefore q/100 rounded down to the float below it, 
 float ceil(n * p) is the exact rank for every n below 10^10 and q with up to three decimals (the
 float error, below n * 2^-51, stays under the smallest non-zero fractional part, 10^-5).
 q = 0 gives the smallest value (the rank is at least 1), as numpy and PostgreSQL do. An empty
-input, a q outside [0, 100] and NaN among the values are errors (``DataError``).
+input, a q outside [0, 100] and NaN among the values are errors (``DataError``). ``rank`` and
+``fraction`` need no numpy (the locustfile imports them under gevent).
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from tuneserve.errors import DataError
 
-Values = Iterable[float] | np.ndarray[Any, Any]  # latencies, as a list or a numpy array
+if TYPE_CHECKING:
+    import numpy as np
+
+    Values = Iterable[float] | np.ndarray[Any, Any]  # latencies, as a list or a numpy array
 
 
 def _decimal(q: float) -> Fraction:
@@ -65,6 +67,8 @@ def fraction(q: float) -> float:
 def percentiles(values: Values, qs: Sequence[float]) -> dict[float, float]:
     """The nearest-rank percentiles ``qs`` (each from 0 to 100) of ``values``, with one sort:
     ``{q: value}``, keyed by each q as given."""
+    import numpy as np
+
     array = np.sort(np.asarray(values if isinstance(values, np.ndarray) else list(values), float))
     if array.ndim != 1:
         raise DataError(f"percentiles take a flat list of values, got shape {array.shape}")
