@@ -95,15 +95,18 @@ class HistoryEntry(NamedTuple):
     change: dict[str, Any]
 
 
-class TrafficCount(NamedTuple):
-    """Logged requests of one variant and unit kind, stamped before or since a time, failed
-    or not (one row of ``Store.traffic_summary``)."""
+class VariantSummary(NamedTuple):
+    """One variant's logged requests of an experiment, counted in the database, and the
+    latency percentiles of those answered (one row of ``Store.variant_summary``)."""
 
     variant: str
-    unit: str  # user, request, forced or excluded
-    current: bool  # stamped at or after the ``since`` asked for
-    failed: bool
-    requests: int
+    traffic: int  # the experiment's requests: not forced, not excluded (failed ones too)
+    current: int  # of those, stamped at or after the ``since`` asked for
+    errors: int  # of those, failed
+    forced: int
+    excluded: int
+    latency_ms: dict[float, float]  # q -> nearest-rank percentile of the answered traffic's
+    # latencies (tuneserve.percentiles); empty when none was answered
 
 
 class NewTraffic(NamedTuple):
@@ -140,3 +143,18 @@ class ShadowPair(NamedTuple):
     live_label: str
     label: str
     truth: str | None
+
+
+class ShadowCounts(NamedTuple):
+    """One shadow variant's scored predictions, counted in the database: all of them, those
+    agreeing with the live answer, those with a true label, and of these, how many each side
+    got right and how many only one side got right (McNemar's discordant pairs)."""
+
+    variant: str
+    scored: int
+    agree: int
+    labelled: int
+    live_right: int
+    shadow_right: int
+    live_only: int
+    shadow_only: int

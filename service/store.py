@@ -38,11 +38,13 @@ from service.schema import (
     HistoryEntry,
     Labelled,
     NewTraffic,
+    ShadowCounts,
     ShadowPair,
     StoredState,
-    TrafficCount,
+    VariantSummary,
 )
 from tuneserve.errors import ConfigError
+from tuneserve.percentiles import fraction, percentiles
 
 
 @dataclass(frozen=True)
@@ -176,9 +178,9 @@ class Store:
 
     def get_state(self) -> StoredState:
         """The stored experiment state and its version."""
-        with self._lock:
-            row = self.conn.execute("SELECT version, state FROM experiment_state").fetchone()
-        return StoredState(int(row[0]), json.loads(row[1])) if row else StoredState(0, None)
+        for version, state in self._rows("SELECT version, state FROM experiment_state"):
+            return StoredState(int(version), json.loads(state))
+        return StoredState(0, None)
 
     def put_state(
         self, state: dict[str, Any], change: dict[str, Any], expected_version: int | None = None
@@ -215,17 +217,47 @@ class Store:
         rows = self._rows("SELECT ts, change FROM experiment_history ORDER BY id")
         return [HistoryEntry(float(ts), json.loads(change)) for ts, change in rows]
 
-    def traffic_summary(self, since: float, salt: str | None = None) -> list[TrafficCount]:
-        """Every logged request (of the experiment ``salt`` names) counted in the database, by
-        variant, unit, whether stamped at or after ``since``, and whether it failed."""
+    def variant_summary(
+        self, since: float, salt: str | None = None, qs: Sequence[float] = ()
+    ) -> list[VariantSummary]:
+        """Per variant, the logged requests (of the experiment ``salt`` names) counted in the
+        database: the experiment's traffic, the part stamped at or after ``since``, the part
+        that failed, the forced and the excluded; and the nearest-rank percentiles ``qs``
+        (tuneserve.percentiles) of the answered traffic's latencies. PostgreSQL computes them in
+        the same query (``percentile_disc``, the same definition); SQLite has no such aggregate,
+        so there they come from the one Python function over ``latencies``, a second query."""
         where, params = _of_experiment(salt)
-        rows = self._rows(
-            "SELECT variant, unit, CASE WHEN ts >= ? THEN 1 ELSE 0 END, "
-            "CASE WHEN error IS NULL OR error = '' THEN 0 ELSE 1 END, COUNT(*) "
-            f"FROM predictions WHERE {where} GROUP BY 1, 2, 3, 4",
-            (since, *params),
+        fractions = [fraction(q) for q in qs]
+        on_postgres = self.url is not None and bool(qs)
+        percentile_disc = (
+            f", percentile_disc(ARRAY[{', '.join('?' for _ in qs)}]) WITHIN GROUP "
+            f"(ORDER BY latency_ms) FILTER (WHERE {_counted()} AND {_ANSWERED})"
+            if on_postgres
+            else ""
         )
-        return [TrafficCount(str(v), str(u), bool(c), bool(f), int(n)) for v, u, c, f, n in rows]
+        rows = self._rows(
+            f"SELECT variant, SUM(CASE WHEN {_counted()} THEN 1 ELSE 0 END), "
+            f"SUM(CASE WHEN {_counted()} AND ts >= ? THEN 1 ELSE 0 END), "
+            f"SUM(CASE WHEN {_counted()} AND NOT {_ANSWERED} THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN unit = 'forced' THEN 1 ELSE 0 END), "
+            f"SUM(CASE WHEN unit = 'excluded' THEN 1 ELSE 0 END){percentile_disc} "
+            f"FROM predictions WHERE {where} GROUP BY variant",
+            (since, *(fractions if on_postgres else ()), *params),
+        )
+        if on_postgres:
+            latency = {
+                str(row[0]): dict(zip(qs, map(float, row[6]), strict=True))
+                for row in rows
+                if row[6] is not None
+            }
+        else:
+            answered = self.latencies(salt) if qs else {}
+            latency = {v: percentiles(values, qs) for v, values in answered.items()}
+        return [
+            VariantSummary(str(v), int(n), int(now), int(failed), int(forced), int(excluded),
+                           latency.get(str(v), {}))
+            for v, n, now, failed, forced, excluded, *_ in rows
+        ]  # fmt: skip
 
     def latencies(self, salt: str | None = None) -> dict[str, list[float]]:
         """Per variant, the latency in ms of every request of the experiment that was answered
@@ -233,7 +265,7 @@ class Store:
         where, params = _of_experiment(salt)
         rows = self._rows(
             f"SELECT variant, latency_ms FROM predictions WHERE {_counted()} "
-            f"AND (error IS NULL OR error = '') AND {where}",
+            f"AND {_ANSWERED} AND {where}",
             params,
         )
         out: dict[str, list[float]] = {}
@@ -296,6 +328,21 @@ class Store:
         return [ShadowPair(str(a), str(b), str(c), str(d), None if e is None else str(e))
                 for a, b, c, d, e in rows]  # fmt: skip
 
+    def shadow_counts(self) -> list[ShadowCounts]:
+        """Per shadow variant, its scored predictions counted in the database: all, agreeing
+        with the live answer, with a true label, and of these each side's right answers and
+        the pairs only one side got right."""
+        rows = self._rows(
+            "SELECT s.variant, COUNT(*), SUM(CASE WHEN s.live_label = s.label THEN 1 ELSE 0 END), "
+            "COUNT(f.label), SUM(CASE WHEN s.live_label = f.label THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN s.label = f.label THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN s.live_label = f.label AND s.label <> f.label THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN s.label = f.label AND s.live_label <> f.label THEN 1 ELSE 0 END) "
+            "FROM shadow s LEFT JOIN feedback f ON f.prediction_id = s.prediction_id "
+            "GROUP BY s.variant"
+        )
+        return [ShadowCounts(str(row[0]), *map(int, row[1:])) for row in rows]
+
     def count(self, table: str) -> int:
         """Rows in ``predictions``, ``feedback``, ``experiment_history`` or ``shadow``."""
         if table not in ("predictions", "feedback", "experiment_history", "shadow"):
@@ -307,6 +354,9 @@ class Store:
         """Close the connection."""
         with self._lock:
             self.conn.close()
+
+
+_ANSWERED = "(error IS NULL OR error = '')"  # a WHERE clause: the request was answered
 
 
 def _counted(prefix: str = "", include_forced: bool = False) -> str:
