@@ -223,7 +223,13 @@ def mcnemar_exact(only_a: int, only_b: int) -> McNemar:
     return McNemar(only_a, only_b, min(1.0, 2 * tail))
 
 
+def p99_rank(n: int) -> int:
+    """The 1-based rank (in ascending order) of the 99th percentile of ``n`` values (nearest
+    rank): the store reads only the values from that rank up."""
+    return max(1, math.ceil(0.99 * n))
+
+
 def p99(values: list[float]) -> float:
     """The 99th percentile (nearest rank) of ``values``."""
     ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+    return ordered[p99_rank(len(ordered)) - 1]
