@@ -24,7 +24,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ from service.schema import (
 )
 from service.stats import p99_rank
 from tuneserve.errors import ConfigError
+
+StateUpdate = tuple[dict[str, Any], dict[str, Any]]  # a new experiment state and its change
 
 
 @dataclass(frozen=True)
@@ -193,15 +195,35 @@ class Store:
         """Store a new experiment state and its change in the history, atomically; with
         ``expected_version``, only if the stored state is still that version, and with
         ``leader``, only while that holder's lease is in force (else None)."""
+
+        def update(current: int, _: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+            if expected_version is not None and current != expected_version:
+                return None
+            return state, change
+
+        written = self.update_state(update, leader)
+        return None if written is None else written.version
+
+    def update_state(
+        self,
+        update: Callable[[int, dict[str, Any] | None], StateUpdate | None],
+        leader: str | None = None,
+    ) -> StoredState | None:
+        """Read, change and write the experiment state in one transaction under the store's
+        write lock, so no other write comes between: ``update(version, state)`` gives the new
+        state and its change for the history (None: write nothing; an exception: roll back and
+        raise it). With ``leader``, only while that holder's lease is in force. The new version
+        and state, or None when nothing was written."""
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                row = self.conn.execute("SELECT version FROM experiment_state").fetchone()
+                row = self.conn.execute("SELECT version, state FROM experiment_state").fetchone()
                 current = int(row[0]) if row else 0
-                stale = expected_version is not None and current != expected_version
-                if stale or (leader is not None and not self._holds_lease(leader)):
+                wanted = update(current, json.loads(row[1]) if row else None)
+                if wanted is None or (leader is not None and not self._holds_lease(leader)):
                     self.conn.execute("ROLLBACK")
                     return None
+                state, change = wanted
                 version = current + 1
                 self.conn.execute(
                     "INSERT INTO experiment_state (id, version, state) VALUES (1, ?, ?) "
@@ -217,7 +239,7 @@ class Store:
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
-        return version
+        return StoredState(version, state)
 
     def leader(self) -> Lease | None:
         """The experiment leader's lease as stored (None: never taken)."""

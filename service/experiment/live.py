@@ -25,7 +25,13 @@ from service.config import ServingConfig
 from service.errors import ConflictError, InvalidInputError
 from service.experiment.changes import apply_change, disable_variant
 from service.experiment.leader import Leadership
-from service.experiment.state import ExperimentState, StateRow, initial_state, starting_state
+from service.experiment.state import (
+    Changed,
+    ExperimentState,
+    StateRow,
+    initial_state,
+    starting_state,
+)
 from service.guardrails import Trip, enabled_since, window_trips
 from service.monitors import AccuracyMonitor, TrafficMonitor
 from service.routing import Router, check_weights
@@ -36,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 STATE_POLL_S = 0.5  # how often a worker checks the store for a changed experiment state
 STORE_CHECKS_EVERY = 5  # leader ticks between checks that read the labelled predictions
-CHANGE_ATTEMPTS = 5  # a change without a version is retried this often on a newer state
+CHANGE_ATTEMPTS = 5  # a starting replica's seed is retried this often when others write first
 
 
 class Experiment:
@@ -72,30 +78,29 @@ class Experiment:
         return shadow
 
     def change(self, body: Any) -> dict[str, Any]:
-        """Apply an admin change to the newest stored state and store it (with history).
+        """Apply an admin change to the newest stored state and store it (with history), with
+        no other write between (the store's write lock).
 
         With ``"version"`` in the body, only if that is still the stored version (409 names the
-        current one); without it the change is applied to whatever state is newest, retried if
-        another change lands in between, so concurrent changes on two replicas both take effect.
-        """
+        current one); without it the change is applied to whatever state is newest, so
+        concurrent changes on two replicas both take effect, one after the other."""
         body, based_on = _split_version(body)
-        for _ in range(CHANGE_ATTEMPTS):
-            version, stored = self.row.read()
+
+        def update(version: int, stored: ExperimentState | None) -> Changed:
             if based_on is not None and version != based_on:
                 raise ConflictError(
                     f"the experiment state is at version {version}, not {based_on}: read it "
                     "(GET /ab/config) and send the change again based on it",
                     headers={"X-Experiment-Version": str(version)},
                 )
-            state, change = apply_change(stored or self.state, body, self.settings)
-            written = self.row.write(state, change, version)
-            if written is not None:
-                self._apply(state, written)
-                logger.info("experiment state changed to version %d", written)
-                return self.summary()
-        raise ConflictError(
-            "the experiment state kept changing while this change was applied: send it again"
-        )
+            return apply_change(stored or self.state, body, self.settings)
+
+        written = self.row.update(update)
+        if written is None or written.state is None:  # update never declines: not reached
+            raise ConflictError("the experiment state could not be changed: send it again")
+        self._apply(written.state, written.version)
+        logger.info("experiment state changed to version %d", written.version)
+        return self.summary()
 
     def summary(self) -> dict[str, Any]:
         """GET /ab/config."""
@@ -236,24 +241,22 @@ class Experiment:
     def _trip(self, trip: Trip) -> None:
         """Take a challenger out of rotation: stored while this worker leads (so every worker
         follows, and a deposed leader cannot), logged, counted."""
-        for _ in range(CHANGE_ATTEMPTS):  # compare-and-set against concurrent admin changes
-            version, stored = self.row.read()
+
+        def update(_: int, stored: ExperimentState | None) -> Changed | None:
             state = stored or self.state
             if trip.variant in state.disabled:
-                return
-            reason = {"kind": trip.kind, "detail": trip.detail}
-            new_state, change = disable_variant(state, trip.variant, reason)
-            holder = self.leadership.holder
-            new_version = self.row.write(new_state, change, version, leader=holder)
-            if new_version is not None:
-                metrics.GUARDRAIL_TRIPS.labels(variant=trip.variant, kind=trip.kind).inc()
-                logger.warning("guardrail: %s taken out of rotation (%s: %s)", trip.variant,
-                               trip.kind, trip.detail)  # fmt: skip
-                self._apply(new_state, new_version)
-                return
-            if self.row.version() == version:  # not a newer state: the lease has run out
-                self.leadership.lost()  # deposed meanwhile: the new leader decides
-                return
+                return None  # already out (the admin, or an earlier trip)
+            return disable_variant(state, trip.variant, {"kind": trip.kind, "detail": trip.detail})
+
+        written = self.row.update(update, leader=self.leadership.holder)
+        if written is None or written.state is None:
+            if trip.variant not in (self.row.read().state or self.state).disabled:
+                self.leadership.lost()  # not written, not out: the lease ran out meanwhile
+            return
+        metrics.GUARDRAIL_TRIPS.labels(variant=trip.variant, kind=trip.kind).inc()
+        logger.warning("guardrail: %s taken out of rotation (%s: %s)", trip.variant, trip.kind,
+                       trip.detail)  # fmt: skip
+        self._apply(written.state, written.version)
 
 
 def _split_version(body: Any) -> tuple[Any, int | None]:

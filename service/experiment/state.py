@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from service.config import ServingConfig
-from service.store import Store
+from service.store import StateUpdate, Store
+
+Changed = tuple["ExperimentState", dict[str, Any]]  # a new state and the change that made it
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,25 @@ class StateRow:
         state is still that version, and with ``leader``, only while that holder's lease is in
         force. The new version, or None when another write came first (or the lease ran out)."""
         return self.store.put_state(state.to_json(), change, expected_version, leader)
+
+    def update(
+        self,
+        update: Callable[[int, ExperimentState | None], Changed | None],
+        leader: str | None = None,
+    ) -> VersionedState | None:
+        """Read, change and write the state with no other write between (the store's write
+        lock): ``update(version, state)`` gives the new state and its change, or None to leave
+        it; an exception it raises rolls back. The new version and state, or None when nothing
+        was written (``update`` said so, or ``leader``'s lease is not in force)."""
+
+        def on_json(version: int, data: dict[str, Any] | None) -> StateUpdate | None:
+            wanted = update(version, ExperimentState.from_json(data) if data else None)
+            return None if wanted is None else (wanted[0].to_json(), wanted[1])
+
+        written = self.store.update_state(on_json, leader)
+        if written is None or written.state is None:
+            return None
+        return VersionedState(written.version, ExperimentState.from_json(written.state))
 
 
 def read_state(store: Store, settings: ServingConfig) -> ExperimentState:

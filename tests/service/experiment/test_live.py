@@ -247,7 +247,7 @@ def test_two_workers_on_one_store_follow_each_others_changes_and_trips(
     for store in (one.store, two.store):
         store.log_predictions(request_rows("tuned", half, failed=half, salt=salt))
         store.log_predictions(request_rows("baseline", half, failed=half, salt=salt))
-    _until(lambda: "tuned" in one.state.disabled)
+    _until(lambda: "tuned" in one.state.disabled and "tuned" in two.state.disabled)
     assert two.state.disabled == ("tuned",) and one.version == two.version == 3
     assert one.leadership.is_leader != two.leadership.is_leader  # one leader decided
     assert one.router.shares["tuned"] == 0.0

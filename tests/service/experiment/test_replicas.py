@@ -216,7 +216,7 @@ def test_a_shared_store_needs_the_shared_id_key(
     if isinstance(location, str):  # PostgreSQL: replicas share it, so a per-host file is wrong
         with pytest.raises(
             ConfigError,
-            match=r"set TUNESERVE_ID_KEY to the same secret on every "
+            match=r"Set TUNESERVE_ID_KEY to the same secret on every "
             r"replica \(export TUNESERVE_ID_KEY=\$\(openssl rand -hex 32\)",
         ):
             Predictor(settings)  # fmt: skip
