@@ -84,8 +84,13 @@ def test_admin_api_in_process(
         assert bad.status_code == 400 and "unknown variant 'x'" in bad.json()["error"]
         broken = client.put("/ab/config", content=b"{", headers=auth)
         assert broken.status_code == 400
-        ok = client.put("/ab/config", json={"disable": ["tuned"]}, headers=auth)
+        ok = client.put("/ab/config", json={"disable": ["tuned"], "version": current["version"]},
+                        headers=auth)  # fmt: skip
         assert ok.status_code == 200 and ok.json()["shares"]["tuned"] == 0
+        stale = client.put("/ab/config", json={"coverage": 0.5, "version": current["version"]},
+                           headers=auth)  # fmt: skip
+        assert stale.status_code == 409 and stale.json()["kind"] == "conflict"
+        assert stale.headers["x-experiment-version"] == str(ok.json()["version"])
         while client.get("/readyz").status_code != 200:
             time.sleep(0.05)
         seen = {client.post("/predict", json={"text": "good", "user_id": f"u{i}"}).json()["variant"]

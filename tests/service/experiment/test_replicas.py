@@ -83,6 +83,7 @@ def test_replicas_converge_to_the_newest_version_within_the_poll(
     assert took < STATE_POLL_S + 1.0  # the documented bound: one poll plus a store read
     assert b.state == c.state == a.state and b.router.shares == a.router.shares
     assert b.summary() == a.summary()
+    assert metrics.EXPERIMENT_STATE_VERSION._value.get() == 4
 
 
 def test_an_older_config_never_writes_its_state_back(
@@ -150,9 +151,10 @@ def test_one_leader_at_a_time_and_a_new_one_takes_over(
     )
     assert a.tick() and not b.tick() and a.tick()  # a renews, b waits
     assert store_a.leader().holder == "a" and store_a.leader().term == 1
-    assert metrics.EXPERIMENT_LEADER._value.get() in (0, 1)
+    assert metrics.EXPERIMENT_LEADER._value.get() == 1  # (one gauge: both live in this process)
     a.release()  # a clean stop: b takes over at its next tick
-    assert not a.is_leader and b.tick() and not a.tick()
+    assert not a.is_leader and metrics.EXPERIMENT_LEADER._value.get() == 0
+    assert b.tick() and not a.tick()
     assert store_a.leader() == (store_b.leader().holder, 2, store_b.leader().expires_at)
     # b dies without releasing: a takes over once the lease has run out, not before
     assert not a.tick()
