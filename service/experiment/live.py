@@ -177,27 +177,37 @@ class Experiment:
         """Adopt state changes; tick the leadership, and decide as the leader."""
         interval_s = self.settings.guardrails.check_interval_s
         next_tick = time.monotonic()
-        ticks = 0
+        ticks, failing = 0, False
         while not self._stop_polling.wait(min(STATE_POLL_S, interval_s)):
             try:
                 if self.row.version() != self.version:
                     self._follow()
                 now = time.monotonic()
-                if now < next_tick:
-                    continue
-                next_tick = now + interval_s
-                was_leader = self.leadership.is_leader
-                if not self.leadership.tick():
-                    continue
-                if not was_leader:  # new to the job: judge afresh from the whole store
-                    self._new_monitors()
-                    ticks = 0
-                self._check_windows()
-                if ticks % STORE_CHECKS_EVERY == 0:
-                    self._check_store()
-                ticks += 1
+                if now >= next_tick:
+                    next_tick = now + interval_s
+                    ticks = self._tick(ticks)
+                if failing:
+                    failing = False
+                    logger.info("experiment state poll works again: version %d", self.version)
             except Exception as exc:  # a busy or failing store must not stop the poller
-                logger.warning("experiment state poll failed: %s", type(exc).__name__)
+                if not failing:  # once per outage, not twice a second
+                    failing = True
+                    logger.warning("experiment state poll failed: %s; routing by version %d "
+                                   "until the store answers", type(exc).__name__,
+                                   self.version)  # fmt: skip
+
+    def _tick(self, ticks: int) -> int:
+        """Renew or seek the lease; as the leader, decide. The leader's ticks so far."""
+        was_leader = self.leadership.is_leader
+        if not self.leadership.tick():
+            return 0
+        if not was_leader:  # new to the job: judge afresh from the whole store
+            self._new_monitors()
+            ticks = 0
+        self._check_windows()
+        if ticks % STORE_CHECKS_EVERY == 0:
+            self._check_store()
+        return ticks + 1
 
     def _new_monitors(self) -> None:
         self.accuracy = AccuracyMonitor(
@@ -207,11 +217,15 @@ class Experiment:
         )
         self.traffic = TrafficMonitor()
 
+    def _changes(self) -> list[Any]:
+        """The history of state changes (read again only when the version moved on)."""
+        if self._history[0] != self.version:
+            self._history = (self.version, self.store.history())
+        return self._history[1]
+
     def _since(self) -> dict[str, float]:
         """Each challenger in rotation -> when it was last put back (0: never taken out)."""
-        if self._history[0] != self.version:  # the history changes with the version alone
-            self._history = (self.version, self.store.history())
-        history = self._history[1]
+        history = self._changes()
         return {name: enabled_since(history, name)
                 for name in self.challengers if name not in self.state.disabled}  # fmt: skip
 
@@ -230,7 +244,7 @@ class Experiment:
         if guard.enabled and guard.accuracy:
             for trip in self.accuracy.check(self.store, self.state.salt, self._since()):
                 self._trip(trip)
-        history = self._history[1]
+        history = self._changes()
         since_change = history[-1].ts if history else 0.0  # the split is judged since then
         srm = sample_ratio_check(
             self.traffic.counts(self.store, self.state.salt, since_change), self.router.shares
