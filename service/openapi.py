@@ -205,6 +205,10 @@ def _error(error: type[Exception] | str, description: str = "") -> dict[str, Any
     }
     if error is OverloadedError:
         answer["headers"] = {"Retry-After": RETRY_AFTER}
+    if error is ConflictError:
+        answer["headers"] = {"X-Experiment-Version": {
+            "description": "the stored experiment state's version now", "schema": _STR,
+        }}  # fmt: skip
     return answer
 
 
