@@ -68,6 +68,20 @@ MIGRATIONS.append(
         "CREATE INDEX feedback_ts ON feedback (ts)",
     ]
 )
+MIGRATIONS.append(
+    [
+        # the lease of the deployment's experiment leader (service/experiment/leader.py): who
+        # holds it, its term (raised at every change of holder), until when (the store's clock)
+        """CREATE TABLE experiment_leader (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            holder TEXT NOT NULL,
+            term INTEGER NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        # the leader's guardrail reads each challenger's recent requests store-wide
+        "CREATE INDEX predictions_variant_ts ON predictions (variant, ts)",
+    ]
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 PREDICTION_COLUMNS = (
@@ -86,6 +100,23 @@ class StoredState(NamedTuple):
 
     version: int
     state: dict[str, Any] | None
+
+
+class Lease(NamedTuple):
+    """The experiment leader's lease: its holder, its term, until when (the store's clock)."""
+
+    holder: str
+    term: int
+    expires_at: float
+
+
+class WindowFigures(NamedTuple):
+    """One challenger's requests in the guardrail window, store-wide: how many, how many
+    failed, and the p99 latency of those answered (0 without any)."""
+
+    requests: int
+    failed: int
+    p99_ms: float
 
 
 class HistoryEntry(NamedTuple):

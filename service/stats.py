@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tuneserve.percentiles import percentile
+from tuneserve.percentiles import percentile, rank
 
 _NORMAL = NormalDist()
 
@@ -223,6 +223,12 @@ def mcnemar_exact(only_a: int, only_b: int) -> McNemar:
     top = max(logs)
     tail = math.exp(top + math.log(sum(math.exp(v - top) for v in logs)) - n * math.log(2))
     return McNemar(only_a, only_b, min(1.0, 2 * tail))
+
+
+def p99_rank(n: int) -> int:
+    """The 1-based rank (in ascending order) of the 99th percentile of ``n`` values (nearest
+    rank, tuneserve.percentiles): the store reads only the values from that rank up."""
+    return rank(n, 99)
 
 
 def p99(values: list[float]) -> float:

@@ -24,7 +24,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +37,19 @@ from service.schema import (
     FeedbackOutcome,
     HistoryEntry,
     Labelled,
+    Lease,
     NewTraffic,
     ShadowCounts,
     ShadowPair,
     StoredState,
     VariantSummary,
+    WindowFigures,
 )
+from service.stats import p99_rank
 from tuneserve.errors import ConfigError
 from tuneserve.percentiles import fraction, percentiles
+
+StateUpdate = tuple[dict[str, Any], dict[str, Any]]  # a new experiment state and its change
 
 
 @dataclass(frozen=True)
@@ -183,18 +188,44 @@ class Store:
         return StoredState(0, None)
 
     def put_state(
-        self, state: dict[str, Any], change: dict[str, Any], expected_version: int | None = None
+        self,
+        state: dict[str, Any],
+        change: dict[str, Any],
+        expected_version: int | None = None,
+        leader: str | None = None,
     ) -> int | None:
         """Store a new experiment state and its change in the history, atomically; with
-        ``expected_version``, only if the stored state is still that version (else None)."""
+        ``expected_version``, only if the stored state is still that version, and with
+        ``leader``, only while that holder's lease is in force (else None)."""
+
+        def update(current: int, _: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+            if expected_version is not None and current != expected_version:
+                return None
+            return state, change
+
+        written = self.update_state(update, leader)
+        return None if written is None else written.version
+
+    def update_state(
+        self,
+        update: Callable[[int, dict[str, Any] | None], StateUpdate | None],
+        leader: str | None = None,
+    ) -> StoredState | None:
+        """Read, change and write the experiment state in one transaction under the store's
+        write lock, so no other write comes between: ``update(version, state)`` gives the new
+        state and its change for the history (None: write nothing; an exception: roll back and
+        raise it). With ``leader``, only while that holder's lease is in force. The new version
+        and state, or None when nothing was written."""
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                row = self.conn.execute("SELECT version FROM experiment_state").fetchone()
+                row = self.conn.execute("SELECT version, state FROM experiment_state").fetchone()
                 current = int(row[0]) if row else 0
-                if expected_version is not None and current != expected_version:
+                wanted = update(current, json.loads(row[1]) if row else None)
+                if wanted is None or (leader is not None and not self._holds_lease(leader)):
                     self.conn.execute("ROLLBACK")
                     return None
+                state, change = wanted
                 version = current + 1
                 self.conn.execute(
                     "INSERT INTO experiment_state (id, version, state) VALUES (1, ?, ?) "
@@ -210,7 +241,81 @@ class Store:
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
-        return version
+        return StoredState(version, state)
+
+    def leader(self) -> Lease | None:
+        """The experiment leader's lease as stored (None: never taken)."""
+        rows = self._rows("SELECT holder, term, expires_at FROM experiment_leader")
+        return Lease(str(rows[0][0]), int(rows[0][1]), float(rows[0][2])) if rows else None
+
+    def claim_lease(self, holder: str, lease_s: float) -> Lease:
+        """Take or renew the experiment leader's lease for ``holder`` for ``lease_s`` unless
+        another holder's has not run out (by the store's clock), in one transaction under the
+        store's write lock; the lease in force afterwards. A new holder raises the term."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                now = self._clock()
+                row = self.conn.execute(
+                    "SELECT holder, term, expires_at FROM experiment_leader"
+                ).fetchone()
+                if row is not None and row[0] != holder and float(row[2]) > now:
+                    lease = Lease(str(row[0]), int(row[1]), float(row[2]))
+                else:
+                    term = (int(row[1]) if row else 0) + (0 if row and row[0] == holder else 1)
+                    lease = Lease(holder, term, now + lease_s)
+                    self.conn.execute(
+                        "INSERT INTO experiment_leader (id, holder, term, expires_at) "
+                        "VALUES (1, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                        "holder = excluded.holder, term = excluded.term, "
+                        "expires_at = excluded.expires_at",
+                        lease,
+                    )
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        return lease
+
+    def release_lease(self, holder: str) -> None:
+        """End ``holder``'s lease now (if it still holds it), so another worker takes over."""
+        with self._lock:
+            self.conn.execute(
+                "UPDATE experiment_leader SET expires_at = 0 WHERE holder = ?", (holder,)
+            )
+
+    def _holds_lease(self, holder: str) -> bool:
+        """Whether ``holder``'s lease is in force (inside the caller's transaction)."""
+        row = self.conn.execute("SELECT holder, expires_at FROM experiment_leader").fetchone()
+        return row is not None and row[0] == holder and float(row[1]) > self._clock()
+
+    def _clock(self) -> float:
+        """Now by the store's clock (PostgreSQL's, so that replicas' clocks do not matter)."""
+        if self.conn.dialect == "postgresql":
+            return float(self.conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
+                         .fetchone()[0])  # fmt: skip
+        return time.time()
+
+    def window(self, variant: str, since: float, salt: str | None = None) -> WindowFigures:
+        """The guardrail window of ``variant``, store-wide: its experiment requests (not forced,
+        not excluded) stamped at or after ``since``, those that failed, and the p99 latency of
+        the rest (nearest rank, as ``stats.p99``; only the slowest 1% are read)."""
+        where, params = _of_experiment(salt)
+        rows = f"FROM predictions WHERE variant = ? AND ts >= ? AND {_counted()} AND {where}"
+        answered = "error IS NULL OR error = ''"
+        ((total, ok),) = self._rows(
+            f"SELECT COUNT(*), SUM(CASE WHEN {answered} THEN 1 ELSE 0 END) {rows}",
+            (variant, since, *params),
+        )
+        total, ok = int(total), int(ok or 0)
+        if not ok:
+            return WindowFigures(total, total, 0.0)
+        slowest = self._rows(
+            f"SELECT latency_ms {rows} AND ({answered}) ORDER BY latency_ms DESC "
+            f"LIMIT {ok - p99_rank(ok) + 1}",
+            (variant, since, *params),
+        )  # rows written between the two reads move the p99 by a rank at most
+        return WindowFigures(total, total - ok, float(slowest[-1][0]))
 
     def history(self) -> list[HistoryEntry]:
         """Every recorded change, oldest first."""
