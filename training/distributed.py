@@ -90,14 +90,22 @@ def rank_errors(world: World) -> Iterator[None]:
     """A collective that fails because another rank died becomes one clear line on this rank."""
     try:
         yield
-    except torch.distributed.DistError as exc:
-        if not world.distributed:
+    except RuntimeError as exc:
+        if not world.distributed or not _lost_peer(exc):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunError(
             f"rank {world.rank} of {world.size} lost the other ranks ({first}): another rank "
             "failed or was stopped"
         ) from exc
+
+
+def _lost_peer(exc: RuntimeError) -> bool:
+    """A collective's failure because a peer went away (gloo names the closed connection)."""
+    if isinstance(exc, torch.distributed.DistError):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer"))
 
 
 def threads_per_process(world: World) -> int:
@@ -201,9 +209,14 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
         elastic_launch(config, sys.executable)("-m", "tuneserve.cli", *argv)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
+        how = (
+            f"exit code {failure.exitcode}, its error is printed above"
+            if failure.exitcode >= 0
+            else f"killed by {_signal_name(-failure.exitcode)}"
+        )
         raise RunError(
-            f"training rank {rank} of {nproc} failed ({_exit_reason(failure.exitcode)}); every "
-            "rank was stopped and no run directory was kept: see that rank's error above"
+            f"training rank {rank} of {nproc} failed ({how}); every rank was stopped and no "
+            "run directory was kept"
         ) from None
     finally:
         shutil.rmtree(logs, ignore_errors=True)
@@ -222,10 +235,8 @@ def without_nproc(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _exit_reason(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

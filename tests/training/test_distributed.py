@@ -124,13 +124,20 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_processes_train_the_same_weights_as_one(
-    ddp_config: Path, capsys: pytest.CaptureFixture[str]
+    ddp_config: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     base = ["train", "--config", str(ddp_config)]
     assert main([*base, "--run-id", "one"]) == 0
-    assert main([*base, "--run-id", "two", "--nproc", "2"]) == 0, capsys.readouterr().err
+    assert main([*base, "--run-id", "two", "--nproc", "2"]) == 0, capfd.readouterr().err
+    # the tolerance tells a different global batch apart: 16 instead of 15 moves the weights
+    other = ["--run-id", "b16", "--method", "head", "--set", "train.batch_size=16"]
+    assert main([*base, *other]) == 0
     artifacts = ddp_config.parent / "artifacts"
     # one directory per method and run, nothing per rank, no unfinished staging left
+    b16 = _tensors(artifacts / "train" / "b16-head" / "head.safetensors")["weight"]
+    b15 = _tensors(artifacts / "train" / "one-head" / "head.safetensors")["weight"]
+    assert float((b16 - b15).abs().max()) > 100 * WEIGHT_ATOL
+    shutil.rmtree(artifacts / "train" / "b16-head")
     assert sorted(p.name for p in (artifacts / "train").iterdir()) == [
         "one-head",
         "one-lora",
@@ -224,8 +231,28 @@ def test_a_killed_rank_ends_every_rank_with_a_clear_error(ddp_config: Path, tmp_
     last = err.strip().splitlines()[-1]
     assert last == (
         "error: training rank 1 of 2 failed (killed by SIGKILL); every rank was stopped and no "
-        "run directory was kept: see that rank's error above"
+        "run directory was kept"
     ), err
     assert list((root / "train").iterdir()) == []
     time.sleep(0.5)
     assert [pid for pid in ranks.values() if Path(f"/proc/{pid}").exists()] == []
+
+
+def test_an_error_on_rank_zero_alone_ends_every_rank(
+    ddp_config: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Rank 0 refuses to replace an existing run; rank 1, waiting for it, is stopped too."""
+    root = tmp_path / "artifacts"
+    existing = root / "train" / "taken-head"
+    existing.mkdir(parents=True)
+    argv = ["train", "--config", str(ddp_config), "--method", "head", "--run-id", "taken"]
+    code = main([*argv, "--nproc", "2", "--set", f'output.root="{root}"'])
+    err = capfd.readouterr().err
+    assert code == 1, err
+    assert f"error: {existing} already exists: pass another --run-id" in err
+    assert err.strip().splitlines()[-1] == (
+        "error: training rank 0 of 2 failed (exit code 1, its error is printed above); every "
+        "rank was stopped and no run directory was kept"
+    )
+    assert "Traceback" not in err, err
+    assert [p.name for p in (root / "train").iterdir()] == ["taken-head"]
