@@ -85,7 +85,8 @@ class TrainDetails(StageDetails):
     test_fingerprint: str = Field(description="sha256 of the cleaned test split (pairs runs)")
     data_files: dict[str, DataFile] = Field(description="split name -> its source")
     parallel: ParallelInfo = Field(
-        default_factory=ParallelInfo, description="processes, backend and batch split"
+        default_factory=lambda: ParallelInfo.model_validate({}),
+        description="processes, backend and batch split (runs before it: one process)",
     )
 
 
