@@ -256,3 +256,17 @@ def test_an_error_on_rank_zero_alone_ends_every_rank(
     )
     assert "Traceback" not in err, err
     assert [p.name for p in (root / "train").iterdir()] == ["taken-head"]
+
+
+def test_train_details_without_parallel_read_as_one_process(tiny_runs: dict[str, Path]) -> None:
+    """Runs written before multi-process training have no `parallel` block: one process."""
+    raw = json.loads((tiny_runs["lora"] / "manifest.json").read_text())["details"]
+    assert raw["parallel"] == {
+        "world_size": 1,
+        "backend": "none",
+        "global_batch_size": 16,
+        "per_rank_batch_size": 16,
+    }
+    del raw["parallel"]
+    old = TrainDetails.model_validate(raw).parallel
+    assert (old.world_size, old.backend, old.global_batch_size) == (1, "none", None)
