@@ -202,9 +202,9 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
         monitor_interval=0.1,
         logs_specs=DefaultLogsSpecs(log_dir=logs),
     )
-    cores = os.cpu_count() or 1
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
-    log.info("launching %d training processes (torch threads %s each)", nproc, cores // nproc)
+    threads = os.environ.get("OMP_NUM_THREADS")  # the ranks inherit the environment
+    os.environ["OMP_NUM_THREADS"] = threads or str(max(1, (os.cpu_count() or 1) // nproc))
+    log.info("launching %d training processes", nproc)
     try:
         elastic_launch(config, sys.executable)("-m", "tuneserve.cli", *argv)
     except ChildFailedError as exc:
@@ -215,11 +215,13 @@ def launch(nproc: int, argv: Sequence[str]) -> None:
             else f"killed by {_signal_name(-failure.exitcode)}"
         )
         raise RunError(
-            f"training rank {rank} of {nproc} failed ({how}); every rank was stopped and no "
-            "run directory was kept"
+            f"training rank {rank} of {nproc} failed ({how}); every rank was stopped and the "
+            "unfinished run directory was removed"
         ) from None
     finally:
         shutil.rmtree(logs, ignore_errors=True)
+        if threads is None:
+            del os.environ["OMP_NUM_THREADS"]
 
 
 def without_nproc(argv: Sequence[str]) -> list[str]:

@@ -230,8 +230,8 @@ def test_a_killed_rank_ends_every_rank_with_a_clear_error(ddp_config: Path, tmp_
     assert proc.returncode == 1, err
     last = err.strip().splitlines()[-1]
     assert last == (
-        "error: training rank 1 of 2 failed (killed by SIGKILL); every rank was stopped and no "
-        "run directory was kept"
+        "error: training rank 1 of 2 failed (killed by SIGKILL); every rank was stopped and the "
+        "unfinished run directory was removed"
     ), err
     assert list((root / "train").iterdir()) == []
     time.sleep(0.5)
@@ -252,7 +252,7 @@ def test_an_error_on_rank_zero_alone_ends_every_rank(
     assert f"error: {existing} already exists: pass another --run-id" in err
     assert err.strip().splitlines()[-1] == (
         "error: training rank 0 of 2 failed (exit code 1, its error is printed above); every "
-        "rank was stopped and no run directory was kept"
+        "rank was stopped and the unfinished run directory was removed"
     )
     assert "Traceback" not in err, err
     assert [p.name for p in (root / "train").iterdir()] == ["taken-head"]
