@@ -120,7 +120,9 @@ class LoraConfig(OptimConfig):
 class TrainConfig(StrictConfig):
     """Optimisation settings shared by both methods."""
 
-    batch_size: PositiveInt = Field(32, description="examples per batch")
+    batch_size: PositiveInt = Field(
+        32, description="examples per batch: the global batch, over all processes together"
+    )
     eval_batch_size: PositiveInt = Field(128, description="examples per batch at evaluation")
     grad_accum_steps: PositiveInt = Field(1, description="batches accumulated per optimiser step")
     warmup_ratio: HalfOpenUnit = Field(0.06, description="share of steps with linear warmup")

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from training import distributed
 from training.config import OptimConfig, TrainConfig
+from training.distributed import SINGLE, World
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +144,15 @@ def train_loop(
     pad_id: int,
     device: torch.device,
     precision: str,
+    world: World = SINGLE,
 ) -> TrainResult:
-    """Train ``model`` in place and leave the best evaluated state loaded in it."""
+    """Train ``model`` in place and leave the best evaluated state loaded in it.
+
+    With several processes (``world``) every rank draws the same global batches (same seed) and
+    trains on its share of each; DDP averages the gradients so that a step equals the step of
+    one process on the whole batch. Rank 0 alone evaluates, decides early stopping (broadcast to
+    the others) and keeps the best state; the log and figures are global.
+    """
     from tqdm.auto import tqdm
 
     rng = random.Random(cfg.seed)
@@ -159,25 +168,39 @@ def train_loop(
     autocast = autocast_for(device, precision)
     labels = torch.tensor(train_labels, dtype=torch.long)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    net = distributed.wrap(model, world, device)
 
     result = TrainResult()
     best_score, best_state, bad_evals = -math.inf, None, 0
     running, running_n, micro = 0.0, 0, 0
     start = time.perf_counter()
-    progress = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True)
-    model.train()
+    progress = tqdm(
+        total=total_steps, desc="train", unit="step", dynamic_ncols=True, disable=not world.is_main
+    )
+    net.train()
     while result.steps < total_steps and not result.stopped_early:
-        for idx in make_batches(lengths, cfg.batch_size, rng, cfg.group_by_length):
+        for global_idx in make_batches(lengths, cfg.batch_size, rng, cfg.group_by_length):
+            idx = distributed.shard(global_idx, world)
+            # an empty share still joins the gradient all-reduce, with a zero-weighted example
+            weight = distributed.loss_scale(len(global_idx), world) if idx else 0.0
+            idx = idx or global_idx[:1]
             batch = {k: v.to(device) for k, v in collate([train[i] for i in idx], pad_id).items()}
-            with autocast():
-                logits = model(**batch)
-            loss = nn.functional.cross_entropy(logits.float(), labels[idx].to(device))
-            scaler.scale(loss / cfg.grad_accum_steps).backward()
-            running += loss.item() * len(idx)
-            running_n += len(idx)
-            result.examples_seen += len(idx)
             micro += 1
-            if micro % cfg.grad_accum_steps:
+            sync = micro % cfg.grad_accum_steps == 0
+            with nullcontext() if sync or net is model else net.no_sync():  # type: ignore[operator]
+                with autocast():
+                    logits = net(**batch)
+                losses = nn.functional.cross_entropy(
+                    logits.float(), labels[idx].to(device), reduction="none"
+                )
+                # the share's part of the global batch mean (the mean itself in one process)
+                loss = losses.sum() * weight
+                scaler.scale(loss / cfg.grad_accum_steps).backward()
+            if weight:
+                running += losses.detach().sum().item()
+                running_n += len(idx)
+            result.examples_seen += len(global_idx)
+            if not sync:
                 continue
             if cfg.max_grad_norm:
                 scaler.unscale_(optimizer)
@@ -190,10 +213,11 @@ def train_loop(
             progress.update(1)
             step_epoch = round(result.steps / steps_per_epoch, 4)
             if result.steps % cfg.log_every_steps == 0 or result.steps == total_steps:
+                loss_sum, loss_n = distributed.sum_over_ranks([running, running_n], world)
                 entry = {
                     "step": result.steps,
                     "epoch": step_epoch,
-                    "loss": running / running_n,
+                    "loss": loss_sum / loss_n,
                     "learning_rate": scheduler.get_last_lr()[0],
                 }
                 result.log.append(entry)
@@ -201,35 +225,40 @@ def train_loop(
                 running, running_n = 0.0, 0
             if result.steps % eval_every == 0 or result.steps == total_steps:
                 eval_start = time.perf_counter()
-                metrics = evaluate()
+                stop = False
+                if world.is_main:  # the other ranks wait for the decision in the broadcast
+                    metrics = evaluate()
+                    result.log.append(
+                        {
+                            "step": result.steps,
+                            "epoch": step_epoch,
+                            **{f"eval_{k}": v for k, v in metrics.items()},
+                        }
+                    )
+                    score = metrics[cfg.select_metric]
+                    log.info("step %d: dev %s %.4f", result.steps, cfg.select_metric, score)
+                    if score > best_score:
+                        best_score, bad_evals = score, 0
+                        best_state = {
+                            n: p.detach().clone()
+                            for n, p in model.named_parameters()
+                            if p.requires_grad
+                        }
+                        result.best_metrics, result.best_step = metrics, result.steps
+                    else:
+                        bad_evals += 1
+                        stop = bool(cfg.patience and bad_evals >= cfg.patience)
+                        if stop:
+                            log.info(
+                                "early stop at step %d: no dev improvement in %d evaluations",
+                                result.steps,
+                                bad_evals,
+                            )
+                stop = distributed.flag_from_main(stop, world)
                 result.eval_seconds += time.perf_counter() - eval_start
-                result.log.append(
-                    {
-                        "step": result.steps,
-                        "epoch": step_epoch,
-                        **{f"eval_{k}": v for k, v in metrics.items()},
-                    }
-                )
-                score = metrics[cfg.select_metric]
-                log.info("step %d: dev %s %.4f", result.steps, cfg.select_metric, score)
-                if score > best_score:
-                    best_score, bad_evals = score, 0
-                    best_state = {
-                        n: p.detach().clone()
-                        for n, p in model.named_parameters()
-                        if p.requires_grad
-                    }
-                    result.best_metrics, result.best_step = metrics, result.steps
-                else:
-                    bad_evals += 1
-                    if cfg.patience and bad_evals >= cfg.patience:
-                        log.info(
-                            "early stop at step %d: no dev improvement in %d evaluations",
-                            result.steps,
-                            bad_evals,
-                        )
-                        result.stopped_early = True
-                        break
+                if stop:
+                    result.stopped_early = True
+                    break
             if result.steps >= total_steps:
                 break
     progress.close()

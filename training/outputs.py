@@ -12,8 +12,9 @@ import numpy as np
 
 from training import checks
 from training.config import Method, TrainingConfig
+from training.distributed import World
 from training.model import ADAPTER_DIR, HEAD_FILE, TextClassifier, save_adapter, save_head
-from tuneserve.details import BaseModelInfo, ClassifierInfo, DataFile, TrainDetails
+from tuneserve.details import BaseModelInfo, ClassifierInfo, DataFile, ParallelInfo, TrainDetails
 from tuneserve.manifest import sha256_file, write_json_atomic
 from tuneserve.models import BaseModelRef
 
@@ -107,6 +108,7 @@ def train_details(
     data: checks.CheckedData,
     lora_targets: list[str],
     input_names: list[str],
+    world: World,
 ) -> TrainDetails:
     """The manifest details of a train run: what the export needs to rebuild the classifier."""
     return TrainDetails(
@@ -131,4 +133,10 @@ def train_details(
         raw_labels=data.label_keys,
         test_fingerprint=fingerprint(data.test.texts, data.test.labels),
         data_files=data_files(data.report),
+        parallel=ParallelInfo(
+            world_size=world.size,
+            backend=world.backend,  # type: ignore[arg-type]
+            global_batch_size=cfg.train.batch_size * cfg.train.grad_accum_steps,
+            per_rank_batch_size=-(-cfg.train.batch_size // world.size),
+        ),
     )

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import logging
-import random
-import resource
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import numpy as np
 import torch
 
-from training import checks, compare, outputs
+from training import checks, compare, distributed, outputs
 from training.config import Method, TrainingConfig
 from training.curves import plot_curves
+from training.device import choose_device, seed_everything, speed_figures
+from training.distributed import SINGLE, World
 from training.loop import Encoded, TrainResult, encode_texts, predict_proba, train_loop
 from training.metrics import classification_metrics, headline
 from training.model import (
@@ -78,37 +77,6 @@ def read_raw_splits(
     return train, None if d.dev is None else local("dev", d.dev), test
 
 
-def choose_device(cfg: TrainingConfig) -> tuple[torch.device, str]:
-    """The device and precision to train with."""
-    want = cfg.train.device
-    cuda = torch.cuda.is_available()
-    if want == "cuda" and not cuda:
-        log.warning("train.device is cuda but no GPU is visible: training on the CPU")
-    device = torch.device("cuda" if cuda and want != "cpu" else "cpu")
-    precision = cfg.train.precision
-    if precision == "auto":
-        precision = (
-            ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-            if device.type == "cuda"
-            else "fp32"
-        )
-    return device, precision
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def peak_memory_mb(device: torch.device) -> dict[str, float]:
-    """Peak resident memory of this process (and of the GPU when used)."""
-    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if device.type == "cuda":
-        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return out
-
-
 def build_model(
     method: Method, cfg: TrainingConfig, ref: BaseModelRef, num_labels: int, device: torch.device
 ) -> tuple[TextClassifier, list[str]]:
@@ -133,8 +101,10 @@ def fit(
     pad: int,
     device: torch.device,
     precision: str,
+    world: World = SINGLE,
 ) -> TrainResult:
-    """Train with early stopping on the dev split; the best state is left in ``model``."""
+    """Train with early stopping on the dev split; the best state is left in ``model``
+    (on rank 0, which alone evaluates dev)."""
 
     def evaluate_dev() -> dict[str, float]:
         probs = predict_proba(model, enc["dev"], cfg.train.eval_batch_size, pad, device, precision)
@@ -153,25 +123,8 @@ def fit(
         pad,
         device,
         precision,
+        world,
     )
-
-
-def speed_figures(result: TrainResult, device: torch.device, precision: str) -> dict[str, Any]:
-    """How long training took, how fast it went and how much memory it needed."""
-    train_only = max(result.seconds - result.eval_seconds, 1e-9)
-    return {
-        "wall_seconds": round(result.seconds, 2),
-        "dev_eval_seconds": round(result.eval_seconds, 2),
-        "examples_seen": result.examples_seen,
-        "examples_per_second": round(result.examples_seen / train_only, 2),
-        "steps": result.steps,
-        "stopped_early": result.stopped_early,
-        "best_step": result.best_step,
-        "device": str(device),
-        "precision": precision,
-        "torch_threads": torch.get_num_threads(),
-        **peak_memory_mb(device),
-    }
 
 
 def train_method(
@@ -180,13 +133,17 @@ def train_method(
     ref: BaseModelRef,
     tokenizer: Any,
     data: checks.CheckedData,
-    run_dir: Path,
+    run_dir: Path | None,
     run_id: str,
-) -> dict[str, Any]:
-    """Train one method into ``run_dir`` and write its manifest last."""
+    world: World = SINGLE,
+) -> dict[str, Any] | None:
+    """Train one method into ``run_dir`` and write its manifest last. With several ranks only
+    rank 0 (given ``run_dir``) evaluates and writes; the others train and return None."""
     seed_everything(cfg.train.seed)
-    device, precision = choose_device(cfg)
+    device, precision = choose_device(cfg, world)
     model, targets = build_model(method, cfg, ref, len(data.id2label), device)
+    if world.distributed:  # same initial weights and batches, but each rank its own dropout
+        torch.manual_seed(cfg.train.seed + world.rank)
     counts = parameter_counts(model)
     log.info(
         "%s: %d trainable of %d parameters (%.2f%%) on %s, %s",
@@ -201,11 +158,13 @@ def train_method(
     enc = {
         s.name: encode_texts(tokenizer, s.texts, max_len) for s in (data.train, data.dev, data.test)
     }
-    result = fit(method, cfg, model, data, enc, pad, device, precision)
+    result = fit(method, cfg, model, data, enc, pad, device, precision, world)
+    if run_dir is None:
+        return None
 
     probs = predict_proba(model, enc["test"], cfg.train.eval_batch_size, pad, device, precision)
     test_metrics = classification_metrics(data.test.labels, probs.argmax(1).tolist(), data.id2label)
-    speed = speed_figures(result, device, precision)
+    speed = speed_figures(result, device, precision, world)
     metrics = {
         "test": test_metrics,
         "dev_best": result.best_metrics,
@@ -222,7 +181,7 @@ def train_method(
         f"{run_id}: {method} on {ref.name}",
     )
     input_names = list(enc["test"][0]) if enc["test"] else list(tokenizer.model_input_names)
-    details = outputs.train_details(method, cfg, ref, model, data, targets, input_names)
+    details = outputs.train_details(method, cfg, ref, model, data, targets, input_names, world)
     manifest = build_manifest(
         run_id=run_id,
         run_dir=run_dir,
@@ -241,9 +200,9 @@ def train_method(
 
 
 def prepare_data(
-    cfg: TrainingConfig, data: str | None, ref: BaseModelRef, tokenizer: Any
+    cfg: TrainingConfig, data: str | None, ref: BaseModelRef, tokenizer: Any, show: bool = True
 ) -> checks.CheckedData:
-    """Read the splits and run the data checks, printing the summary."""
+    """Read the splits and run the data checks, printing the summary when ``show``."""
     train, dev, test = read_raw_splits(cfg, data)
     checked = checks.check_data(
         cfg.data,
@@ -254,7 +213,8 @@ def prepare_data(
         cfg.model.max_length,
         cfg.train.seed,
     )
-    print("\n".join(checks.summary_lines(checked.report)))
+    if show:
+        print("\n".join(checks.summary_lines(checked.report)))
     return checked
 
 
@@ -265,23 +225,43 @@ def run_train(
     run_id: str | None = None,
     overwrite: bool = False,
 ) -> list[Path]:
-    """Train every configured method; with both, write the comparison too. Returns run dirs."""
+    """Train every configured method; with both, write the comparison too. Returns run dirs.
+
+    Launched as several processes (torchrun, or `tuneserve train --nproc N`), every rank runs
+    this with the same config and the same run id; rank 0 alone writes, the others return [].
+    """
+    world = distributed.init_world(cfg.train.device)
+    with distributed.rank_errors(world):
+        done = train_all(cfg, world, data, run_id, overwrite)
+    distributed.close_world(world)
+    return done
+
+
+def train_all(
+    cfg: TrainingConfig, world: World, data: str | None, run_id: str | None, overwrite: bool
+) -> list[Path]:
+    """Every method of ``cfg`` (and the comparison) on this rank."""
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
+    elif world.distributed:  # processes on one machine share its cores
+        torch.set_num_threads(distributed.threads_per_process(world))
     ref = resolve_base_model(cfg.model.base)
     check_base_model(ref)
     tokenizer = load_tokenizer(ref)
-    checked = prepare_data(cfg, data, ref, tokenizer)
-    run_id = run_id or default_run_id()
+    checked = prepare_data(cfg, data, ref, tokenizer, show=world.is_main)
+    run_id = run_id or distributed.run_id_from_main(default_run_id(), world)
     root = Path(cfg.output.root) / "train"
     done: list[Path] = []
     for method in cfg.methods():
         name = f"{run_id}-{method}"
         started = time.perf_counter()
+        if not world.is_main:
+            train_method(method, cfg, ref, tokenizer, checked, None, name, world)
+            continue
         with run_directory(root, name, overwrite=overwrite) as staging:
-            metrics = train_method(method, cfg, ref, tokenizer, checked, staging, name)
+            metrics = train_method(method, cfg, ref, tokenizer, checked, staging, name, world)
         done.append(root / name)
-        test = metrics["test"]
+        test = cast(dict[str, Any], metrics)["test"]  # rank 0 always evaluates
         print(
             f"{method}: test accuracy {test['accuracy']:.4f}, macro F1 {test['f1_macro']:.4f}"
             f" ({time.perf_counter() - started:.0f} s) -> {root / name}"

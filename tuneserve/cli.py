@@ -24,11 +24,19 @@ def _train(args: argparse.Namespace) -> int:
     from training.config import TrainingConfig
     from training.run import run_train
     from tuneserve.config import load_config
+    from tuneserve.errors import ConfigError
 
     overrides = list(args.overrides)
     if args.method:
         overrides.append(f"method={args.method}")
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
     cfg = load_config(TrainingConfig, args.config, overrides)
+    if args.nproc > 1:  # the ranks rerun this command without --nproc, under torch.distributed
+        from training.distributed import launch, without_nproc
+
+        launch(args.nproc, without_nproc(args.argv))
+        return 0
     run_train(cfg, data=args.data, run_id=args.run_id, overwrite=args.overwrite)
     return 0
 
@@ -198,6 +206,11 @@ def _add_train(sub: Subparsers) -> None:
     train.add_argument(
         "--overwrite", action="store_true",
         help="replace runs of the same id (only once the new run finishes)",
+    )  # fmt: skip
+    train.add_argument(
+        "--nproc", type=int, default=1, metavar="N",
+        help="data-parallel training in N processes on this machine (gloo on CPU, NCCL on "
+        "GPUs); train.batch_size stays the global batch; for several machines use torchrun",
     )  # fmt: skip
     train.set_defaults(handler=_train)
 

@@ -56,6 +56,21 @@ class DataFile(_Strict):
     sha256: str | None = Field(None, description="sha256 of the file; None for hub splits")
 
 
+class ParallelInfo(_Strict):
+    """How training was spread over processes (one process: world size 1, backend none)."""
+
+    world_size: int = Field(1, ge=1, description="training processes (ranks), all nodes together")
+    backend: Literal["none", "gloo", "nccl"] = Field(
+        "none", description="torch.distributed backend: gloo on CPU, nccl on GPUs"
+    )
+    global_batch_size: int | None = Field(
+        None, ge=1, description="examples per optimiser step over all ranks (batch x accumulation)"
+    )
+    per_rank_batch_size: int | None = Field(
+        None, ge=1, description="largest share of a batch one rank takes (ceil(batch / world))"
+    )
+
+
 class TrainDetails(StageDetails):
     """A train run: the method, the base model, the classifier and the labels."""
 
@@ -69,6 +84,10 @@ class TrainDetails(StageDetails):
     raw_labels: list[str] = Field(description="the label as the data spells it, per class id")
     test_fingerprint: str = Field(description="sha256 of the cleaned test split (pairs runs)")
     data_files: dict[str, DataFile] = Field(description="split name -> its source")
+    parallel: ParallelInfo = Field(
+        default_factory=lambda: ParallelInfo.model_validate({}),
+        description="processes, backend and batch split (runs before it: one process)",
+    )
 
 
 # --- compare ------------------------------------------------------------------------------
