@@ -22,6 +22,7 @@ from service.experiment.changes import apply_change, disable_variant
 from service.experiment.state import ExperimentState, StateRow, fits, initial_state
 from service.guardrails import Guardrails, Trip, enabled_since
 from service.monitors import AccuracyMonitor, TrafficMonitor
+from service.pool import StoreUnavailableError
 from service.routing import Router
 from service.stats import sample_ratio_check
 from service.store import Store
@@ -140,6 +141,8 @@ class Experiment:
                 if now >= next_store:
                     next_store = now + interval_s * STORE_CHECKS_EVERY
                     self._check_store()
+            except StoreUnavailableError:
+                pass  # said once by the store's health (service/pool.py); retried next time
             except Exception as exc:  # a busy or failing store must not stop the poller
                 logger.warning("experiment state poll failed: %s", type(exc).__name__)
 
