@@ -2,8 +2,9 @@
 
 Every statement borrows a connection from the pool for itself; a transaction (``BEGIN`` ...
 ``COMMIT``/``ROLLBACK``) keeps the connection it borrowed, in its thread, until it ends. The pool
-checks a connection before lending it (``ConnectionPool.check_connection``), replaces broken ones,
-and reconnects with exponential backoff while the server is away. Nothing lives in the session,
+checks a connection before lending it (``ConnectionPool.check_connection``; a dead one has the
+idle others checked at once), replaces broken ones, and reconnects with exponential backoff while
+the server is away. Nothing lives in the session,
 so PgBouncer in transaction mode (which hands each transaction any server connection) changes
 nothing: no prepared statements (``prepare_threshold=None``), no session ``SET`` (the lock
 timeout and the log's ``synchronous_commit = off`` are ``SET LOCAL`` in each transaction), only
@@ -53,6 +54,7 @@ class StoreHealth:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.up = True
+        self.up_since = 0.0  # monotonic time the store was last seen back
         self.down_since: float | None = None
         self.error = ""
         metrics.STORE_UP.set(1)
@@ -66,14 +68,16 @@ class StoreHealth:
                 return
             down_s = time.monotonic() - (self.down_since or time.monotonic())
             self.up, self.down_since, self.error = True, None, ""
+            self.up_since = time.monotonic()
             metrics.STORE_UP.set(1)
         logger.info("experiment store reachable again after %.1f s; feedback is accepted, "
                     "queued prediction rows are being written", down_s)  # fmt: skip
 
-    def failed(self, exc: BaseException) -> None:
-        """A statement could not reach the store."""
+    def failed(self, exc: BaseException, started: float) -> None:
+        """A statement begun at ``started`` (monotonic) could not reach the store; one begun
+        before the store was last seen back says nothing new."""
         with self._lock:
-            if not self.up:
+            if not self.up or started < self.up_since:
                 return
             self.up, self.down_since = False, time.monotonic()
             self.error = type(exc).__name__
@@ -145,7 +149,7 @@ class PgConnection:
             max_size=size.max_size,
             timeout=size.wait_s,
             reconnect_timeout=size.reconnect_timeout_s,
-            check=ConnectionPool.check_connection,
+            check=self._check,
             name="tuneserve-store",
             open=False,
         )
@@ -210,6 +214,18 @@ class PgConnection:
         known to be down (a request should hear 503 at once, not hold a thread)."""
         return self.size.wait_s if HEALTH.up else min(self.size.wait_s, 0.5)
 
+    def _check(self, conn: Any) -> None:
+        """The pool's check of a connection before lending it; a dead one means its idle
+        siblings are likely dead too (a restart, a failover): check them all, in the background,
+        rather than find them one by one (the pool waits 1 s, 2 s ... between failed checks)."""
+        from psycopg_pool import ConnectionPool
+
+        try:
+            ConnectionPool.check_connection(conn)
+        except Exception:
+            threading.Thread(target=self._purge, name="tuneserve-store-check", daemon=True).start()
+            raise
+
     def _purge(self) -> None:
         """A connection broke: check the idle ones now (a restarted or failed-over server broke
         them all), so the next statements get fresh connections rather than dead ones."""
@@ -227,6 +243,7 @@ class PgConnection:
         import psycopg
         from psycopg_pool import PoolTimeout
 
+        started = time.monotonic()
         for attempt in (1, 2):
             try:
                 result = call()
@@ -238,7 +255,7 @@ class PgConnection:
                     self._purge()
                     if retry and attempt == 1:
                         continue
-                HEALTH.failed(exc)
+                HEALTH.failed(exc, started)
                 raise StoreUnavailableError(
                     f"the experiment store cannot be reached ({type(exc).__name__})"
                 ) from exc
@@ -267,7 +284,9 @@ class PgConnection:
     def _end(self, word: str) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            raise RuntimeError(f"{word} without an open store transaction in this thread")
+            if word == "ROLLBACK":  # after a COMMIT that failed: the transaction is over
+                return
+            raise RuntimeError("COMMIT without an open store transaction in this thread")
         self._local.conn = None
         try:
             if word == "COMMIT":

@@ -55,6 +55,7 @@ class PredictionLog:
         except queue.Full:
             metrics.LOG_DROPPED.labels(kind="queue_full").inc()
             return False
+        metrics.LOG_QUEUED.set(self.queue.qsize())
         return True
 
     def _run(self) -> None:

@@ -17,7 +17,7 @@ from service.predlog import PredictionLog
 from service.store import Store
 from tests.service.proxy import TcpProxy
 
-FAST = PoolSize(min_size=1, max_size=3, wait_s=1.0, connect_timeout_s=2.0, reconnect_timeout_s=3.0)
+FAST = PoolSize(min_size=1, max_size=3, wait_s=3.0, connect_timeout_s=2.0, reconnect_timeout_s=3.0)
 
 
 @pytest.fixture

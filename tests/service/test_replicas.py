@@ -165,7 +165,9 @@ def _store_is(replica: Replica, status: str) -> bool:
     return code == 200 and body["store"] == status
 
 
-def _check_nothing_acknowledged_was_lost(url: str, traffic: Traffic, a: Replica, b: Replica) -> None:
+def _check_nothing_acknowledged_was_lost(
+    url: str, traffic: Traffic, a: Replica, b: Replica
+) -> None:
     assert set(traffic.codes) <= OK_WHILE_AWAY, traffic.counts()
     for replica in (a, b):
         _wait(lambda r=replica: _store_is(r, "up"), 15, "the replica ready with its store up")
@@ -221,10 +223,13 @@ def test_killed_store_backends_under_load_lose_no_acknowledged_feedback(
 
 
 def test_a_store_outage_degrades_feedback_only_and_heals(
-    pg_url: Callable[[], str], replicas: Callable[..., tuple[Replica, Replica]]
+    pg_url: Callable[[], str],
+    replicas: Callable[..., tuple[Replica, Replica]],
+    request: pytest.FixtureRequest,
 ) -> None:
     url = pg_url()
     proxy = TcpProxy(url)
+    request.addfinalizer(proxy.close)  # after the replicas have stopped (their fixture's end)
     a, b = replicas(proxy.url())
     traffic = Traffic([a.url, b.url])
     try:
@@ -241,7 +246,6 @@ def test_a_store_outage_degrades_feedback_only_and_heals(
         time.sleep(1.0)
     finally:
         traffic.stop()
-        proxy.close()
     assert during.count(200) > 10 and during.count(503) > 0, traffic.counts()
     assert set(traffic.retry_after) == {"1"}  # store.retry_after_s
     for replica in (a, b):
