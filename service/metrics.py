@@ -99,7 +99,8 @@ STORE_UP = Gauge(
 )
 FEEDBACK = Counter(
     "tuneserve_feedback",
-    "Feedback posts by variant (pending: its prediction row is not written yet) and outcome",
+    "Feedback posts by variant (pending: its prediction row is not written yet) and outcome "
+    "(stored, duplicate, unknown_id, invalid_label, unavailable: the store could not be reached)",
     ["variant", "outcome"],
 )
 SHADOW = Counter(
