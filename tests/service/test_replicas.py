@@ -239,6 +239,9 @@ def test_a_store_outage_degrades_feedback_only_and_heals(
         for replica in (a, b):  # still ready: predictions work without the store
             _wait(lambda r=replica: _store_is(r, "degraded"), 5, "the store reported degraded")
             assert replica.metric("tuneserve_store_up") == [0.0]
+        report = httpx.get(f"{a.url}/ab/report", timeout=10)  # needs the store: 503, not 500
+        assert (report.status_code, report.json()["kind"]) == (503, "unavailable")
+        assert report.headers["retry-after"] == "1"
         time.sleep(2.0)
         during = traffic.codes[away:]
         proxy.restore()
