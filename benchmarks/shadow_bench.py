@@ -7,7 +7,7 @@ Serves baseline (control) and tuned half and half, once without shadow and once 
 request that baseline answers also scored by tuned in shadow (share 1.0, the worst case), and
 runs the same fixed offered rate against each (open loop: Poisson arrivals at intended times,
 latency measured from them), in alternating rounds so that drift on a shared machine hits both
-alike. Reports live p50/p99 from raw per-request rows, and how many shadow jobs ran or were
+alike. Reports live p50/p99 from the load-test runner, and how many shadow jobs ran or were
 skipped (bounded: a job starts only while its worker has no live request in flight, and runs at
 the lowest CPU priority). Locust runs on the same cores as the server.
 Writes shadow.json and shadow.md.
@@ -27,8 +27,16 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.serve_bench import free_port, run_locust, sst2_texts, start_tuneserve  # noqa: E402
+from benchmarks.serve_bench import (  # noqa: E402
+    free_port,
+    load_config,
+    load_point,
+    start_tuneserve,
+    test_split,
+)
+from loadtests.runner import read_traffic  # noqa: E402
 from service.launch import stop_process, wait_ready  # noqa: E402
+from tuneserve.errors import DataError  # noqa: E402
 from tuneserve.machine import describe_machine  # noqa: E402
 
 
@@ -56,15 +64,14 @@ def shadow_counts(url: str) -> dict[str, float]:
     return counts
 
 
-def one_run(config: Path, args: argparse.Namespace, texts: Path, work: Path) -> dict[str, Any]:
+def one_run(config: Path, args: argparse.Namespace, traffic: list[list[Any]]) -> dict[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    work = args.work
     proc = start_tuneserve(config, port, work / f"home-{port}", work / f"server-{port}.log")
     try:
         wait_ready(url, proc)
-        result = run_locust(
-            url, 1, args.rate, args.seconds, args.warmup, texts, work, open_loop=True
-        )
+        result = load_point(url, args, traffic, 1, args.rate, open_loop=True)
         result["shadow"] = shadow_counts(url)
     finally:
         stop_process(proc)
@@ -79,16 +86,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds excluded per run")
     parser.add_argument("--rounds", type=int, default=3, help="off/on pairs")
+    parser.add_argument("--data", help="directory holding test.tsv (default: $TUNESERVE_DATA, "
+                        "else ../shared/data/sst2 next to the repository)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench-shadow" / "latest")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="shadow-bench-"))
-    _, texts = sst2_texts(work)
+    try:
+        args.texts = test_split(args.data)
+    except DataError as exc:
+        parser.error(str(exc))
+    work = args.work = Path(tempfile.mkdtemp(prefix="shadow-bench-"))
+    traffic = read_traffic(load_config("http://127.0.0.1:1", args, 1, args.rate, True))
     runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     for round_ in range(args.rounds):
         for name, share in (("off", 0.0), ("on", 1.0)):
             config = write_config(work / f"{name}-{round_}.toml", args.baseline, args.tuned, share)
-            result = one_run(config, args, texts, work)
+            result = one_run(config, args, traffic)
             runs[name].append(result)
             print(f"round {round_ + 1} shadow {name}: p50 {result['p50_ms']:.1f} ms, p99 "
                   f"{result['p99_ms']:.1f} ms, {result['throughput_rps']:.1f} req/s, "

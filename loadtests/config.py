@@ -66,6 +66,14 @@ class LoadTestConfig(StrictConfig):
     )
     distinct_users: int = Field(10000, ge=1, description="sticky user ids drawn from")
     seed: int = Field(0, description="seed of the arrival schedule and the text draws")
+    processes: int = Field(
+        1, ge=1, description="load-generating processes on this machine: 1, one process; N > 1, "
+        "a Locust master and N worker processes (Locust's --processes)",
+    )  # fmt: skip
+    raw_requests: bool = Field(
+        False, description="also stream every request to requests-WORKER.jsonl in the run folder "
+        "(audits, tests); the report comes from the merged histograms",
+    )  # fmt: skip
     out: Path = Field(Path("artifacts/loadtest"), description="reports go to OUT/RUN_ID/")
     run_id: str | None = Field(None, description="name of the run folder (default: a timestamp)")
 
@@ -86,12 +94,37 @@ class LoadTestConfig(StrictConfig):
         return self
 
 
+class ClusterConfig(StrictConfig):
+    """This process's part in a Locust run across machines (the flags Locust users know)."""
+
+    role: Literal["local", "master", "worker"] = Field(
+        "local", description="local: this machine alone (--processes N); master: waits for "
+        "--expect-workers workers, runs no users, merges and reports; worker: runs users for a "
+        "master at --master-host",
+    )  # fmt: skip
+    expect_workers: int = Field(1, ge=1, description="master: worker processes to wait for")
+    master_host: str = Field("127.0.0.1", description="worker: the master's host name or address")
+    master_port: int = Field(5557, ge=1, le=65535, description="the master's port")
+    master_bind_host: str = Field("*", description="master: the interface to listen on")
+
+    @model_validator(mode="after")
+    def _check_role(self) -> ClusterConfig:
+        if self.role != "master" and self.expect_workers != 1:
+            raise ValueError("--expect-workers applies to --master only")
+        return self
+
+
 class LocustSettings(StrictConfig):
     """What the locustfile reads from the JSON file named by $TUNESERVE_LOAD_CONFIG."""
 
     config: LoadTestConfig = Field(description="the run's config (its rate: the one to offer)")
     traffic: Path = Field(description="JSON list of [text, label] pairs to draw requests from")
-    raw: Path | None = Field(None, description="where to write the raw per-request rows")
+    results: Path = Field(description="where the master (or the one process) writes the merged "
+                          "histograms and counts")  # fmt: skip
+    raw: Path | None = Field(
+        None, description="per-request dump: one JSON-lines file per process, NAME-INDEX.jsonl "
+        "beside this path (None: no dump)",
+    )  # fmt: skip
 
 
 def load_loadtest_config(

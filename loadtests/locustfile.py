@@ -3,18 +3,23 @@
 Configured by one environment variable, TUNESERVE_LOAD_CONFIG: the path of a JSON file that
 `tuneserve loadtest` writes into each run folder (``locust_settings.json``) and that this file
 validates with the same models (loadtests/config.py ``LocustSettings``: the run's
-``LoadTestConfig``, the traffic file of [text, label] pairs, where raw rows go). Closed loop
+``LoadTestConfig``, the traffic file of [text, label] pairs, where the results go). Closed loop
 (``open_loop = false``): each user sends, waits for the answer, waits by ``rate``; open loop: one
-scheduler sends at fixed intended times. ``shape`` step or spike: a load shape that ends by
-itself (loadtests/shapes.py). ``label_names`` empty: label i is the i-th entry of the first
-variant's labels in GET /models.
+scheduler per process sends at fixed intended times. ``shape`` step or spike: a load shape that
+ends by itself (loadtests/shapes.py). ``label_names`` empty: label i is the i-th entry of the
+first variant's labels in GET /models.
 
 Each request is named after the X-Model-Variant header of its answer, so every variant gets its
-own latency row. Raw rows (time, latency in ms, status, variant, kind, lateness in ms) let
-percentiles be computed exactly: Locust rounds stored latencies to about two significant digits.
-In open-loop mode the time is the intended send time and latency is measured from it, so a
-stalled server shows up in the latency instead of slowing the senders down (coordinated
-omission); Locust's own statistics get the same latencies.
+own Locust row. Latencies go into HDR histograms (loadtests/histograms.py), not into a list:
+memory stays flat however long the run. Alone, this process records and writes the results
+itself. In a distributed run (Locust's master and workers: --processes N, or --master and
+--worker on several machines) the master sends each worker its index, the worker count and the
+master's config; each worker offers its share of the open-loop schedule (loadtests/schedule.py),
+draws from its own seed, and sends its histograms to the master every REPORT_EVERY_S seconds
+and once more at its end; the master merges them and writes the results. In open-loop mode the
+time is the intended send time and latency is measured from it, so a stalled server shows up in
+the latency instead of slowing the senders down (coordinated omission); Locust's own
+statistics get the same latencies.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import sys
 import time
 import urllib.request
@@ -31,22 +35,22 @@ from typing import Any
 
 import gevent
 from gevent.pool import Pool
-from locust import (
-    FastHttpUser,
-    LoadTestShape,
-    constant,
-    constant_throughput,
-    events,
-    poisson,
-    task,
-)
+from locust import FastHttpUser, LoadTestShape, constant_throughput, events, poisson, task
+from locust.exception import StopUser
+from locust.runners import MasterRunner, WorkerRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from loadtests.cluster import FLUSH, PLAN, STATS, Run
 from loadtests.config import SETTINGS_ENV, LocustSettings
+from loadtests.schedule import worker_offsets
 from loadtests.shapes import default_params, make_tick
 from tuneserve.config import validate_config
 
 log = logging.getLogger("tuneserve.locustfile")
+REPORT_EVERY_S = 2.0  # a worker sends its histograms this often
+FLUSH_WAIT_S = 15.0  # at the end, the master waits this long for every worker's last report
+GRACE_S = 2.0  # with workers, shapes (and the closed loop's run time) outlast the measured
+# interval: a worker starts its clock a little after the master
 
 
 def load_settings() -> LocustSettings:
@@ -62,52 +66,31 @@ def load_settings() -> LocustSettings:
 
 
 SETTINGS = load_settings()
-CFG = SETTINGS.config
 ROWS_IN: list[tuple[str, Any]] = [
     (str(item[0]), item[1]) if isinstance(item, list) else (str(item), None)
     for item in json.loads(SETTINGS.traffic.read_text(encoding="utf-8"))
 ]
-PATH = CFG.path
-MODE = "open" if CFG.open_loop else "closed"
-RATE = CFG.rate
-ARRIVALS = CFG.arrivals
-DURATION_S = CFG.warmup_s + CFG.duration_s
-MAX_OUTSTANDING = CFG.max_outstanding
-SEED = CFG.seed
-WARMUP_S = CFG.warmup_s
-FEEDBACK = CFG.feedback
-FEEDBACK_DELAY_S = CFG.feedback_delay_s
-LABEL_NAMES: dict[str, str] = dict(CFG.label_names)
-SHAPE = CFG.shape if MODE == "closed" and CFG.shape != "constant" else ""
-SHAPE_PARAMS = default_params(SHAPE, CFG.users, CFG.spawn_rate, DURATION_S) if SHAPE else {}
-RAW = SETTINGS.raw
-USERS = CFG.distinct_users
+_CFG = SETTINGS.config
+SHAPE = _CFG.shape if not _CFG.open_loop and _CFG.shape != "constant" else ""
+_TOTAL_S = _CFG.warmup_s + _CFG.duration_s
+SHAPE_PARAMS = default_params(SHAPE, _CFG.users, _CFG.spawn_rate, _TOTAL_S) if SHAPE else {}
 
-ROWS: list[tuple[float, float, int, str, str, float]] = []
-META: dict[str, Any] = {"mode": MODE, "started_at": None, "rate": RATE, "arrivals": ARRIVALS}
-RNG = random.Random(SEED)
+
+def shape_tick(run_time_s: float, grace_s: float) -> tuple[int, float] | None:
+    """The shape's users, its last step held for ``grace_s`` after the end, then None."""
+    if run_time_s >= _TOTAL_S + grace_s:
+        return None
+    return make_tick(SHAPE, SHAPE_PARAMS)(min(run_time_s, _TOTAL_S - 1e-3))
+
+
+RUN = Run(_CFG, SETTINGS.raw)
 
 
 def label_name(label: Any) -> str | None:
     """The model's name for a dataset label (``1`` -> ``positive``), or None when unknown."""
     if label is None:
         return None
-    return LABEL_NAMES.get(str(label), str(label))
-
-
-def arrival_offsets(rate: float, duration_s: float, arrivals: str, seed: int) -> list[float]:
-    """Intended send times (seconds from the start) of an open-loop schedule."""
-    if rate <= 0:
-        return []
-    if arrivals in ("fixed", "constant"):
-        return [i / rate for i in range(int(rate * duration_s))]
-    rng, t = random.Random(seed), 0.0
-    out: list[float] = []
-    while True:
-        t += rng.expovariate(rate)
-        if t >= duration_s:
-            return out
-        out.append(t)
+    return RUN.label_names.get(str(label), str(label))
 
 
 class TrafficMixin:
@@ -116,18 +99,19 @@ class TrafficMixin:
     client: Any
 
     def send_predict(self, user_id: str, intended: float | None = None) -> None:
-        text, label = RNG.choice(ROWS_IN)
+        text, label = RUN.rng.choice(ROWS_IN)
+        path = RUN.cfg.path
         started = time.time()
         t0 = started if intended is None else intended
         late_ms = 0.0 if intended is None else (started - intended) * 1000
         body = {"text": text, "user_id": user_id}
-        with self.client.post(PATH, json=body, name=PATH, catch_response=True) as response:
+        with self.client.post(path, json=body, name=path, catch_response=True) as response:
             variant = (response.headers.get("X-Model-Variant") if response.headers else None) or "-"
             latency_ms = (time.time() - t0) * 1000
             status = response.status_code or 0
-            ROWS.append((t0, latency_ms, status, variant, "predict", late_ms))
+            RUN.record(t0, latency_ms, status, variant, "predict", late_ms)
             if variant != "-":
-                response.request_meta["name"] = f"{PATH} [{variant}]"
+                response.request_meta["name"] = f"{path} [{variant}]"
             if intended is not None:  # Locust's statistics get the latency from the intended time
                 response.request_meta["response_time"] = latency_ms
             if status != 200:
@@ -135,16 +119,16 @@ class TrafficMixin:
                 return
             answer = response.json()
         name = label_name(label)
-        if name is not None and FEEDBACK > 0 and RNG.random() < FEEDBACK:
-            gevent.spawn_later(FEEDBACK_DELAY_S, self.send_feedback, answer, name)
+        if name is not None and RUN.cfg.feedback > 0 and RUN.rng.random() < RUN.cfg.feedback:
+            gevent.spawn_later(RUN.cfg.feedback_delay_s, self.send_feedback, answer, name)
 
     def send_feedback(self, answer: dict[str, Any], label: str) -> None:
         body = {"prediction_id": answer.get("prediction_id"), "label": label}
         started = time.time()
         with self.client.post("/feedback", json=body, catch_response=True) as response:
             status = response.status_code or 0
-            ROWS.append((started, (time.time() - started) * 1000, status,
-                         str(answer.get("variant", "-")), "feedback", 0.0))  # fmt: skip
+            RUN.record(started, (time.time() - started) * 1000, status,
+                       str(answer.get("variant", "-")), "feedback", 0.0)  # fmt: skip
             if status != 200:
                 response.failure(f"HTTP {status}")
 
@@ -152,16 +136,18 @@ class TrafficMixin:
 class PredictUser(TrafficMixin, FastHttpUser):
     """Closed loop: one client with a sticky user id, sentences drawn at random."""
 
-    abstract = MODE == "open"
-    if RATE <= 0:
-        wait_time = constant(0)
-    elif ARRIVALS in ("constant", "fixed"):
-        wait_time = constant_throughput(RATE)
-    else:
-        wait_time = poisson(RATE)
-
     def on_start(self) -> None:
-        self.user_id = f"user-{RNG.randrange(USERS)}"
+        self.user_id = f"user-{RUN.rng.randrange(RUN.cfg.distinct_users)}"
+        cfg = RUN.cfg
+        if cfg.rate <= 0:
+            self._wait = None
+        elif cfg.arrivals in ("constant", "fixed"):
+            self._wait = constant_throughput(cfg.rate)
+        else:
+            self._wait = poisson(cfg.rate)
+
+    def wait_time(self) -> float:
+        return self._wait(self) if self._wait else 0.0
 
     @task
     def predict(self) -> None:
@@ -169,22 +155,30 @@ class PredictUser(TrafficMixin, FastHttpUser):
 
 
 class OpenLoopUser(TrafficMixin, FastHttpUser):
-    """Open loop: sends at precomputed intended times, whatever the server does meanwhile."""
+    """Open loop: sends this process's share of the schedule at its intended times, whatever
+    the server does meanwhile. One per process (the runner starts as many as processes)."""
 
-    abstract = MODE != "open"
-    fixed_count = 1
-    concurrency = MAX_OUTSTANDING
-    wait_time = constant(0)
+    concurrency = _CFG.max_outstanding
+
+    def wait_time(self) -> float:
+        return 0.0
 
     @task
     def run_schedule(self) -> None:
-        offsets = arrival_offsets(RATE, DURATION_S, ARRIVALS, SEED)
+        if RUN.schedule_started:
+            log.error("a second open-loop user in one process: it sends nothing (start one per "
+                      "worker process: -u equal to the number of workers)")  # fmt: skip
+            raise StopUser()
+        RUN.schedule_started = True
+        cfg = RUN.cfg
+        offsets = worker_offsets(cfg.rate, RUN.total_s, cfg.arrivals, cfg.seed, RUN.index,
+                                 RUN.count)  # fmt: skip
         start = time.time() + 0.05
-        META["started_at"] = start
-        pool, outstanding = Pool(MAX_OUTSTANDING), set()
+        RUN.started_at = start
+        pool, outstanding = Pool(cfg.max_outstanding), set()
 
         def send(intended: float) -> None:
-            self.send_predict(f"user-{RNG.randrange(USERS)}", intended)
+            self.send_predict(f"user-{RUN.rng.randrange(cfg.distinct_users)}", intended)
             outstanding.discard(intended)
 
         for offset in offsets:
@@ -193,18 +187,25 @@ class OpenLoopUser(TrafficMixin, FastHttpUser):
             if delay > 0:
                 gevent.sleep(delay)
             if pool.full():
-                late_ms = (time.time() - intended) * 1000
-                ROWS.append((intended, 0.0, 0, "-", "dropped", late_ms))
+                RUN.record(intended, 0.0, 0, "-", "dropped", (time.time() - intended) * 1000)
                 continue
             outstanding.add(intended)
             pool.spawn(send, intended)
         pool.join(timeout=10)
         now = time.time()
         for intended in sorted(outstanding):  # never answered within 10 s of the last send
-            ROWS.append((intended, (now - intended) * 1000, 0, "-", "predict", 0.0))
+            RUN.record(intended, (now - intended) * 1000, 0, "-", "predict", 0.0)
         pool.kill()
-        gevent.spawn(self.environment.runner.quit)
-        gevent.sleep(60)
+        runner = self.environment.runner
+        if isinstance(runner, WorkerRunner):
+            send_report(runner, final=True)  # the master quits once every worker is done
+        else:
+            gevent.spawn(runner.quit)
+        raise StopUser()
+
+
+def _grace_s(runner: Any) -> float:
+    return GRACE_S if isinstance(runner, MasterRunner) else 0.0
 
 
 class StepShape(LoadTestShape):
@@ -213,7 +214,7 @@ class StepShape(LoadTestShape):
     abstract = SHAPE != "step"
 
     def tick(self) -> tuple[int, float] | None:
-        return make_tick("step", SHAPE_PARAMS)(self.get_run_time())
+        return shape_tick(self.get_run_time(), _grace_s(self.runner))
 
 
 class SpikeShape(LoadTestShape):
@@ -222,18 +223,75 @@ class SpikeShape(LoadTestShape):
     abstract = SHAPE != "spike"
 
     def tick(self) -> tuple[int, float] | None:
-        return make_tick("spike", SHAPE_PARAMS)(self.get_run_time())
+        return shape_tick(self.get_run_time(), _grace_s(self.runner))
+
+
+def send_report(runner: Any, final: bool = False) -> None:
+    """A worker's histograms since its last report (and whether it is its last) to the master."""
+    if not RUN.final:
+        runner.send_message(STATS, RUN.report(final))
+
+
+def _report_every(runner: Any) -> None:
+    while not RUN.final:
+        gevent.sleep(REPORT_EVERY_S)
+        send_report(runner)
+
+
+def _on_plan(environment: Any, msg: Any, **_: Any) -> None:
+    """Worker: the master's config, this worker's index and the worker count."""
+    RUN.follow(msg.data)
+
+
+def _on_stats(environment: Any, msg: Any, **_: Any) -> None:
+    """Master: merge a worker's report; in open loop, quit once every worker is done."""
+    RUN.merge_report(msg.data)
+    if RUN.cfg.open_loop and RUN.all_finished:
+        gevent.spawn(environment.runner.quit)
+
+
+@events.init.add_listener
+def _on_init(environment: Any, **_: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        runner.register_message(STATS, _on_stats)
+    elif isinstance(runner, WorkerRunner):
+        runner.register_message(PLAN, _on_plan)
+        runner.register_message(FLUSH, lambda environment, msg, **_: send_report(runner, True))
 
 
 @events.test_start.add_listener
 def _on_test_start(environment: Any, **_: Any) -> None:
-    global LABEL_NAMES
-    if MODE != "open":
-        META["started_at"] = time.time()
-    if WARMUP_S > 0:
-        gevent.spawn_later(WARMUP_S, environment.stats.reset_all)
-    if FEEDBACK > 0 and not LABEL_NAMES and environment.host:
-        LABEL_NAMES = fetch_label_names(environment.host)
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        for client_id, plan in RUN.plans([client.id for client in runner.clients.all]):
+            runner.send_message(PLAN, plan, client_id)
+    else:
+        if not RUN.cfg.open_loop:
+            RUN.started_at = time.time()
+        if isinstance(runner, WorkerRunner):
+            gevent.spawn(_report_every, runner)
+    if RUN.cfg.warmup_s > 0 and not isinstance(runner, WorkerRunner):
+        gevent.spawn_later(RUN.cfg.warmup_s, environment.stats.reset_all)
+    if RUN.cfg.feedback > 0 and not RUN.label_names and environment.host:
+        RUN.label_names = fetch_label_names(environment.host)
+
+
+@events.test_stopping.add_listener
+def _on_test_stopping(environment: Any, **_: Any) -> None:
+    """Master: ask every worker for its last report and wait for them (FLUSH_WAIT_S at most)."""
+    runner = environment.runner
+    if not isinstance(runner, MasterRunner) or RUN.all_finished:
+        return
+    for client in runner.clients.all:
+        runner.send_message(FLUSH, None, client.id)
+    deadline = time.time() + FLUSH_WAIT_S
+    while not RUN.all_finished and time.time() < deadline:
+        gevent.sleep(0.05)
+    if not RUN.all_finished:
+        log.warning("%d of %d workers sent no last report within %.0f s: their last %.0f s are "
+                    "missing", RUN.count - len(RUN.finals), RUN.count, FLUSH_WAIT_S,
+                    REPORT_EVERY_S)  # fmt: skip
 
 
 def fetch_label_names(host: str) -> dict[str, str]:
@@ -248,7 +306,10 @@ def fetch_label_names(host: str) -> dict[str, str]:
 
 
 @events.quitting.add_listener
-def _write_raw(environment: Any, **_: Any) -> None:
-    if RAW:
-        META["label_names"] = LABEL_NAMES
-        Path(RAW).write_text(json.dumps({"meta": META, "rows": ROWS}))
+def _write_results(environment: Any, **_: Any) -> None:
+    """The merged histograms and counts (master, or the one process); a worker writes none."""
+    RUN.close_raw()
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    data = RUN.results(distributed=isinstance(environment.runner, MasterRunner))
+    SETTINGS.results.write_text(json.dumps(data), encoding="utf-8")

@@ -62,7 +62,8 @@ def format_table(rows: list[dict[str, Any]], open_loop: bool = False) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
                       enumerate(zip(line, widths, strict=True))) for line in lines]  # fmt: skip
-    return "\n".join([text[0] + "   (latencies in ms, exact, from raw rows)", *text[1:]])
+    note = "   (latencies in ms: nearest rank, from HDR histograms of 3 significant digits)"
+    return "\n".join([text[0] + note, *text[1:]])
 
 
 def base_report(host: str, command: list[str]) -> dict[str, Any]:

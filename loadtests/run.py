@@ -11,12 +11,12 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from loadtests.config import LoadTestConfig
+from loadtests.config import ClusterConfig, LoadTestConfig
 from loadtests.errors import LoadTestError
 from loadtests.findmax import find_max_rate
 from loadtests.plots import plot_over_time, plot_vs_load
 from loadtests.report import base_report, format_table, write_report
-from loadtests.runner import check_host, resolve_traffic, run_locust
+from loadtests.runner import LOCAL, check_host, resolve_traffic, run_locust, worker_processes
 from loadtests.slo import Bound, check_slo, parse_slo
 
 log = logging.getLogger(__name__)
@@ -32,23 +32,47 @@ def make_run_dir(cfg: LoadTestConfig) -> Path:
     return run_dir
 
 
-def _mode(cfg: LoadTestConfig, find_max: bool) -> str:
+def _generators(cfg: LoadTestConfig, cluster: ClusterConfig) -> str:
+    if cluster.role == "master":
+        return f"; a Locust master and {cluster.expect_workers} workers (histograms merged)"
+    if cfg.processes > 1:
+        return (f"; a Locust master and {cfg.processes} worker processes on this machine "
+                "(histograms merged)")  # fmt: skip
+    return ""
+
+
+def _mode(cfg: LoadTestConfig, find_max: bool, cluster: ClusterConfig = LOCAL) -> str:
+    generators = _generators(cfg, cluster)
     if find_max:
-        return f"find-max: open loop, {cfg.arrivals} arrivals, rising rates"
+        return f"find-max: open loop, {cfg.arrivals} arrivals, rising rates{generators}"
     if cfg.open_loop:
-        return (f"open loop: {cfg.rate:g} req/s, {cfg.arrivals} arrivals, latency from the "
-                f"intended send time, at most {cfg.max_outstanding} in flight")  # fmt: skip
+        share = (f" ({cfg.rate / worker_processes(cfg, cluster):g} per worker)"
+                 if generators else "")  # fmt: skip
+        return (f"open loop: {cfg.rate:g} req/s{share}, {cfg.arrivals} arrivals, latency from "
+                f"the intended send time, at most {cfg.max_outstanding} in flight per process"
+                f"{generators}")  # fmt: skip
     pace = f"{cfg.rate:g} req/s per user" if cfg.rate else "no wait between requests"
-    return f"closed loop: {cfg.users} users ({cfg.shape} shape), {pace}"
+    return f"closed loop: {cfg.users} users ({cfg.shape} shape), {pace}{generators}"
 
 
 def run_loadtest(
     cfg: LoadTestConfig, slo: str | None, command: list[str], find_max: bool = False,
     max_rate: float = 1000.0, precision: float = 0.1,
     server: Callable[[], AbstractContextManager[Any]] | None = None,
+    cluster: ClusterConfig = LOCAL,
 ) -> int:  # fmt: skip
     """Check every input, start ``server`` (if any), run, report, print the summary; 0, or
-    SLO_BROKEN_EXIT when a bound is broken."""
+    SLO_BROKEN_EXIT when a bound is broken. A worker (``cluster.role``) only runs its users
+    for its master, which reports."""
+    if cluster.role != "local" and find_max:
+        raise LoadTestError("--find-max runs one Locust run per trial: use --processes N on one "
+                            "machine, not --master/--worker")  # fmt: skip
+    if cluster.role == "master" and cfg.processes > 1:
+        raise LoadTestError("--master runs no users: start the workers with --worker (and "
+                            "--processes N there), not --processes on the master")  # fmt: skip
+    if cluster.role == "worker":
+        cfg, traffic = resolve_traffic(cfg)
+        return _follow(cfg, traffic, cluster)
     bounds = parse_slo(slo) if slo else []
     if find_max and not bounds:
         raise LoadTestError("--find-max needs --slo: the bound the highest rate must meet")
@@ -56,17 +80,30 @@ def run_loadtest(
         raise LoadTestError(f"--find-max-precision must be between 0 and 1, got {precision}")
     cfg, traffic = resolve_traffic(cfg)
     with server() if server else contextlib.nullcontext():
-        return _measure(cfg, bounds, slo, traffic, command, find_max, max_rate, precision)
+        return _measure(cfg, bounds, slo, traffic, command, find_max, max_rate, precision,
+                        cluster)  # fmt: skip
+
+
+def _follow(cfg: LoadTestConfig, traffic: list[list[Any]], cluster: ClusterConfig) -> int:
+    """A worker: its users for the master at ``cluster.master_host``, until the master quits."""
+    run_dir = make_run_dir(cfg)
+    log.info("worker of the master at %s:%d -> %s (the master's config decides the load)",
+             cluster.master_host, cluster.master_port, run_dir)  # fmt: skip
+    code = int(run_locust(cfg, run_dir, traffic, cluster=cluster)["locust_exit_code"])
+    print(f"worker done (Locust exit code {code}); the master reports\n-> {run_dir}")
+    return 0 if code == 0 else 1
 
 
 def _measure(
     cfg: LoadTestConfig, bounds: list[Bound], slo: str | None, traffic: list[list[Any]],
     command: list[str], find_max: bool, max_rate: float, precision: float,
+    cluster: ClusterConfig,
 ) -> int:  # fmt: skip
     check_host(cfg.host)
     run_dir = make_run_dir(cfg)
     report: dict[str, Any] = base_report(cfg.host, command)
-    report |= {"mode": _mode(cfg, find_max), "config": cfg.model_dump(mode="json"), "slo": slo}
+    report |= {"mode": _mode(cfg, find_max, cluster), "config": cfg.model_dump(mode="json"),
+               "slo": slo, "cluster": cluster.model_dump(mode="json")}  # fmt: skip
     log.info("%s -> %s; %s", report["mode"], run_dir, report["load_generator"])
     slo_p99 = next((b.limit for b in bounds if b.key == "p99"), None)
     title = f"{cfg.host}: {report['mode']}\n{report['load_generator'].split(':')[0]}"
@@ -83,7 +120,7 @@ def _measure(
         plot_over_time(json.loads((trial_dir / "windows.json").read_text()), cfg.warmup_s,
                        title, run_dir / "latency_over_time.png")  # fmt: skip
     else:
-        result = run_locust(cfg, run_dir, traffic)
+        result = run_locust(cfg, run_dir, traffic, cluster=cluster)
         rows = result["rows"]
         report |= {"rows": rows, "window": result["window"], "meta": result["meta"]}
         report["breaches"] = check_slo(bounds, rows)

@@ -1,9 +1,10 @@
-"""Run Locust headless in a subprocess and turn its raw rows into a report and an SLO verdict.
+"""Run Locust headless in a subprocess (alone, as a master with workers, or as a worker) and
+turn its merged histograms into a report and an SLO verdict.
 
 Locust monkey-patches the interpreter with gevent when imported, so it never runs in this
 process: the runner writes the run's settings (the resolved config, validated by the same model in
 the locustfile) as one JSON file and passes its path in one environment variable; the locustfile
-writes raw rows.
+(the master, or the one process) writes the merged histograms and counts (``histograms.json``).
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from loadtests.config import SETTINGS_ENV, LoadTestConfig, LocustSettings
+from loadtests.config import SETTINGS_ENV, ClusterConfig, LoadTestConfig, LocustSettings
 from loadtests.errors import LoadTestError
-from loadtests.stats import read_samples, summary_rows, windows
+from loadtests.stats import read_results, summary_rows, windows
 from tuneserve.lineage import default_test_split, read_labelled, resolve_columns
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
 PROGRESS_EVERY_S = 5.0
+RESULTS = "histograms.json"
+WORKERS_WAIT_S = 120  # a master waits this long for its --expect-workers
+LOCAL = ClusterConfig()
 
 
 def check_host(host: str, timeout_s: float = 5.0) -> None:
@@ -73,7 +77,8 @@ def write_settings(cfg: LoadTestConfig, run_dir: Path, rate: float) -> Path:
     settings = LocustSettings(
         config=cfg.model_copy(update={"rate": rate}),
         traffic=run_dir / "traffic.json",
-        raw=run_dir / "requests.json",
+        results=run_dir / RESULTS,
+        raw=run_dir / "requests.jsonl" if cfg.raw_requests else None,
     )
     path = run_dir / "locust_settings.json"
     path.write_text(settings.model_dump_json(indent=2) + "\n")
@@ -89,19 +94,38 @@ def locust_env(settings: Path) -> dict[str, str]:
     }
 
 
-def locust_command(cfg: LoadTestConfig, run_dir: Path) -> list[str]:
-    """`locust --headless` writing CSV (full history), HTML and JSON into ``run_dir``."""
+def worker_processes(cfg: LoadTestConfig, cluster: ClusterConfig) -> int:
+    """How many processes run users: 1 alone, N with --processes N, the workers of a master."""
+    return cluster.expect_workers if cluster.role == "master" else cfg.processes
+
+
+def locust_command(cfg: LoadTestConfig, run_dir: Path, cluster: ClusterConfig = LOCAL) -> list[str]:
+    """`locust --headless` writing CSV (full history), HTML and JSON into ``run_dir``; with
+    ``--processes N`` Locust forks a master and N workers; a worker only follows its master."""
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--stop-timeout", "5",
+               "--loglevel", "WARNING"]  # fmt: skip
+    if cfg.processes > 1:
+        command += ["--processes", str(cfg.processes)]
+    if cluster.role == "worker":
+        return [*command, "--worker", "--master-host", cluster.master_host,
+                "--master-port", str(cluster.master_port)]  # fmt: skip
+    if cluster.role == "master":
+        command += ["--master", "--expect-workers", str(cluster.expect_workers),
+                    "--expect-workers-max-wait", str(WORKERS_WAIT_S),
+                    "--master-bind-host", cluster.master_bind_host,
+                    "--master-bind-port", str(cluster.master_port)]  # fmt: skip
     total = cfg.warmup_s + cfg.duration_s
     prefix = str(run_dir / "locust")
-    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-               "--host", cfg.host, "--csv", prefix, "--csv-full-history",
-               "--html", prefix + ".html", "--json-file", prefix, "--only-summary",
-               "--stop-timeout", "5", "--loglevel", "WARNING"]  # fmt: skip
+    command += ["--headless", "--host", cfg.host, "--csv", prefix, "--csv-full-history",
+                "--html", prefix + ".html", "--json-file", prefix, "--only-summary"]  # fmt: skip
     if cfg.open_loop:
-        # the scheduler quits when its schedule is done; the run time is only a backstop
-        return [*command, "-u", "1", "-r", "1", "-t", f"{total + 30:.0f}s", "OpenLoopUser"]
-    if cfg.shape == "constant":
-        command += ["-u", str(cfg.users), "-r", f"{cfg.spawn_rate:g}", "-t", f"{total:.0f}s"]
+        # one scheduler per process, each its share; the master quits when all are done, and
+        # the run time is only a backstop
+        users = str(worker_processes(cfg, cluster))
+        return [*command, "-u", users, "-r", users, "-t", f"{total + 30:.0f}s", "OpenLoopUser"]
+    if cfg.shape == "constant":  # with workers, the run time outlasts the measured interval
+        run_s = total + (2 if cfg.processes > 1 or cluster.role == "master" else 0)
+        command += ["-u", str(cfg.users), "-r", f"{cfg.spawn_rate:g}", "-t", f"{run_s:.0f}s"]
     return [*command, "PredictUser"]
 
 
@@ -124,14 +148,19 @@ def _progress(history: Path, elapsed_s: float, total_s: float) -> None:
 
 
 def run_locust(
-    cfg: LoadTestConfig, run_dir: Path, traffic: list[list[Any]], rate: float | None = None
-) -> dict[str, Any]:
-    """One headless Locust run in ``run_dir``; the raw file's metadata and summary rows."""
+    cfg: LoadTestConfig, run_dir: Path, traffic: list[list[Any]], rate: float | None = None,
+    cluster: ClusterConfig = LOCAL,
+) -> dict[str, Any]:  # fmt: skip
+    """One headless Locust run in ``run_dir``: its metadata, summary rows and windows (a worker:
+    only its exit code)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "traffic.json").write_text(json.dumps(traffic))
-    command = locust_command(cfg, run_dir)
+    command = locust_command(cfg, run_dir, cluster)
     env = locust_env(write_settings(cfg, run_dir, cfg.rate if rate is None else rate))
     total = cfg.warmup_s + cfg.duration_s
+    deadline = total + 90 + (WORKERS_WAIT_S if cluster.role == "master" else 0)
+    if cluster.role == "worker":
+        deadline = float("inf")  # a worker runs as long as its master
     started = time.monotonic()
     with (run_dir / "locust.log").open("wb") as out:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -139,33 +168,40 @@ def run_locust(
             next_report = started + PROGRESS_EVERY_S
             while proc.poll() is None:
                 time.sleep(0.2)
-                if time.monotonic() >= next_report:
+                if cluster.role != "worker" and time.monotonic() >= next_report:
                     _progress(run_dir / "locust_stats_history.csv", time.monotonic() - started,
                               total)  # fmt: skip
                     next_report += PROGRESS_EVERY_S
-                if time.monotonic() - started > total + 90:
+                if time.monotonic() - started > deadline:
                     proc.kill()
-                    raise LoadTestError(f"Locust ran 90 s past its {total:.0f} s: see "
-                                        f"{run_dir / 'locust.log'}")  # fmt: skip
+                    raise LoadTestError(f"Locust ran {deadline - total:.0f} s past its "
+                                        f"{total:.0f} s: see {run_dir / 'locust.log'}")  # fmt: skip
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    raw = run_dir / "requests.json"
-    if not raw.is_file():
+    if cluster.role == "worker":
+        return {"locust_exit_code": proc.returncode}
+    path = run_dir / RESULTS
+    if not path.is_file():
         tail = (run_dir / "locust.log").read_text(errors="replace")[-1500:]
         raise LoadTestError(f"Locust exited with code {proc.returncode} and no results: {tail}")
-    meta, samples = read_samples(raw)
-    if meta.get("started_at") is None or not samples:
+    results = read_results(path)
+    meta = results["meta"]
+    rows = summary_rows(results, cfg.duration_s)
+    if meta.get("started_at") is None or not rows[0]["requests"]:
         raise LoadTestError(f"Locust sent no requests to {cfg.host}: see {run_dir / 'locust.log'}")
+    if meta["workers_finished"] < meta["workers"]:
+        log.warning("%d of %d workers sent no last report: see %s",
+                    meta["workers"] - meta["workers_finished"], meta["workers"],
+                    run_dir / "locust.log")  # fmt: skip
     start = float(meta["started_at"]) + cfg.warmup_s
-    end = start + cfg.duration_s
-    points = windows(samples, float(meta["started_at"]), end)
+    points = windows(results, total)
     (run_dir / "windows.json").write_text(json.dumps(points))
     return {
         "meta": meta,
-        "window": {"start": start, "end": end},
-        "rows": summary_rows(samples, start, end, cfg.late_ms),
+        "window": {"start": start, "end": start + cfg.duration_s},
+        "rows": rows,
         "windows": points,
         "locust_exit_code": proc.returncode,
     }

@@ -31,12 +31,22 @@ class Runner(Protocol):
     async def close(self) -> None: ...
 
 
-def _timed_infer(model: VariantModel, encodings: list[Any], batch_size: int) -> np.ndarray:
-    start = time.perf_counter()
-    probs = model.infer_sorted(encodings, batch_size)
-    metrics.INFERENCE_SECONDS.labels(variant=model.name).observe(time.perf_counter() - start)
-    metrics.BATCH_SIZE.labels(variant=model.name).observe(float(len(encodings)))
-    return probs
+class _Timed:
+    """A variant's model call, timed and counted (the metrics' children looked up once)."""
+
+    def __init__(self, model: VariantModel, batch_size: int) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.queue_wait = metrics.QUEUE_WAIT_SECONDS.labels(variant=model.name)
+        self.inference = metrics.INFERENCE_SECONDS.labels(variant=model.name)
+        self.batch = metrics.BATCH_SIZE.labels(variant=model.name)
+
+    def __call__(self, encodings: list[Any]) -> np.ndarray:
+        start = time.perf_counter()
+        probs = self.model.infer_sorted(encodings, self.batch_size)
+        self.inference.observe(time.perf_counter() - start)
+        self.batch.observe(float(len(encodings)))
+        return probs
 
 
 class DirectRunner:
@@ -46,15 +56,15 @@ class DirectRunner:
         self.model = model
         self.executor = executor
         self.max_batch_size = max_batch_size
+        self.timed = _Timed(model, max_batch_size)
 
     async def run(self, encodings: list[Any]) -> np.ndarray:
         loop = asyncio.get_running_loop()
         queued = time.perf_counter()
 
         def job() -> np.ndarray:
-            wait = time.perf_counter() - queued
-            metrics.QUEUE_WAIT_SECONDS.labels(variant=self.model.name).observe(wait)
-            return _timed_infer(self.model, encodings, self.max_batch_size)
+            self.timed.queue_wait.observe(time.perf_counter() - queued)
+            return self.timed(encodings)
 
         return await loop.run_in_executor(self.executor, job)
 
@@ -87,6 +97,7 @@ class AdaptiveBatcher:
         self.clock = clock
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self.timed = _Timed(model, max_batch_size)
 
     async def run(self, encodings: list[Any]) -> np.ndarray:
         if self._task is None or self._task.done():
@@ -121,19 +132,16 @@ class AdaptiveBatcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        name = self.model.name
         while True:
             batch = await self._collect()
             if not batch:
                 continue
             now = self.clock()
             for item in batch:
-                metrics.QUEUE_WAIT_SECONDS.labels(variant=name).observe(now - item.queued_at)
+                self.timed.queue_wait.observe(now - item.queued_at)
             encodings = [item.encoding for item in batch]
             try:
-                probs = await loop.run_in_executor(
-                    self.executor, _timed_infer, self.model, encodings, self.max_batch_size
-                )
+                probs = await loop.run_in_executor(self.executor, self.timed, encodings)
             except Exception as exc:  # hand the failure to every caller of the batch
                 for item in batch:
                     if not item.future.done():

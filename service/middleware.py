@@ -88,6 +88,8 @@ class GuardMiddleware:
         self.app = app
         self.limits = limits
         self.inflight = 0
+        self._counters: dict[tuple[str, int], Any] = {}  # metric children, looked up once
+        self._timers: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,8 +108,15 @@ class GuardMiddleware:
             await self._guarded(scope, receive, counted_send, kind)
         finally:
             status = state["status"]
-            metrics.REQUESTS.labels(kind=kind, outcome=str(status)).inc()
-            metrics.REQUEST_SECONDS.labels(kind=kind).observe(time.perf_counter() - started)
+            counter = self._counters.get((kind, status))
+            if counter is None:
+                counter = metrics.REQUESTS.labels(kind=kind, outcome=str(status))
+                self._counters[(kind, status)] = counter
+            counter.inc()
+            timer = self._timers.get(kind)
+            if timer is None:
+                timer = self._timers[kind] = metrics.REQUEST_SECONDS.labels(kind=kind)
+            timer.observe(time.perf_counter() - started)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
         body = await self._read_body(receive) if scope["method"] in ("POST", "PUT") else None

@@ -87,7 +87,7 @@ def _bench_model(args: argparse.Namespace) -> int:
 
 LOADTEST_FLAGS = ("host", "users", "spawn_rate", "shape", "open_loop", "rate", "arrivals",
                   "max_outstanding", "path", "texts", "text_column", "label_column", "model",
-                  "feedback", "seed", "out", "run_id")  # fmt: skip
+                  "feedback", "seed", "out", "run_id", "processes", "raw_requests")  # fmt: skip
 LOADTEST_DURATIONS = {"duration": "duration_s", "warmup": "warmup_s",
                       "feedback_delay": "feedback_delay_s"}  # fmt: skip
 
@@ -132,7 +132,31 @@ def _loadtest(args: argparse.Namespace) -> int:
     return run_loadtest(
         cfg, args.slo, ["tuneserve", *args.argv], find_max=args.find_max,
         max_rate=args.max_rate, precision=args.find_max_precision, server=server,
+        cluster=_loadtest_cluster(args),
     )  # fmt: skip
+
+
+def _loadtest_cluster(args: argparse.Namespace) -> Any:
+    """Alone, a Locust master, or a worker: from --master / --worker and their options."""
+    from loadtests.config import ClusterConfig
+    from tuneserve.config import validate_config
+    from tuneserve.errors import ConfigError
+
+    if args.master and args.worker:
+        raise ConfigError("--master and --worker exclude each other: one process is one of them")
+    if args.serve and (args.master or args.worker):
+        raise ConfigError("--serve starts a service for a run on this machine: drop it with "
+                          "--master/--worker and start the service yourself")  # fmt: skip
+    role = "master" if args.master else "worker" if args.worker else "local"
+    data = {
+        "role": role,
+        "expect_workers": args.expect_workers,
+        "master_host": args.master_host,
+        "master_port": args.master_port,
+        "master_bind_host": args.master_bind_host,
+    }
+    return validate_config(ClusterConfig, {k: v for k, v in data.items() if v is not None},
+                           "load-test distribution options")  # fmt: skip
 
 
 class Terminated(KeyboardInterrupt):
@@ -293,6 +317,25 @@ def _add_loadtest(sub: Subparsers) -> None:
     load.add_argument("--seed", type=int, help="seed of arrivals and text draws")
     load.add_argument("--out", help="reports go to OUT/RUN_ID/ (default artifacts/loadtest)")
     load.add_argument("--run-id", help="name of the run folder (default: a timestamp)")
+    load.add_argument(
+        "--processes", type=int, help="load-generating processes on this machine (default 1): "
+        "N > 1 runs Locust's master and N workers; with --worker, N workers for that master",
+    )  # fmt: skip
+    load.add_argument("--master", action="store_true",
+                      help="several machines: this process is Locust's master (runs no users, "
+                      "merges the workers' histograms, reports)")  # fmt: skip
+    load.add_argument("--worker", action="store_true",
+                      help="several machines: run users for the master at --master-host (its "
+                      "config decides the load; --texts names this machine's copy)")  # fmt: skip
+    load.add_argument("--expect-workers", type=int,
+                      help="--master: worker processes to wait for (default 1)")  # fmt: skip
+    load.add_argument("--master-host", help="--worker: the master's address (default 127.0.0.1)")
+    load.add_argument("--master-port", type=int, help="the master's port (default 5557)")
+    load.add_argument("--master-bind-host", help="--master: interface to listen on (default *)")
+    load.add_argument(
+        "--raw-requests", action="store_true", default=None,
+        help="also stream every request to requests-WORKER.jsonl in the run folder",
+    )  # fmt: skip
     _add_gate_arguments(load)
     load.set_defaults(handler=_loadtest)
 

@@ -132,6 +132,13 @@ def tuneserve_server(
         server.stop()
 
 
+def within_precision(value_ms: float | None, exact_ms: float, digits: int = 3) -> bool:
+    """A histogram's percentile is the exact sample rounded up to its bucket's end: at most
+    1/1024 (3 digits) or 1/128 (2 digits) above it, plus the 1 us recording resolution."""
+    relative = {3: 1 / 1024, 2: 1 / 128}[digits]
+    return value_ms is not None and -0.0005 <= value_ms - exact_ms <= exact_ms * relative + 0.001
+
+
 def require_tool(name: str) -> str:
     """The tool's path; in CI a missing tool fails the test, elsewhere it skips it."""
     path = shutil.which(name)

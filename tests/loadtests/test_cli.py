@@ -29,6 +29,11 @@ def _free_port() -> int:
         (["--find-max"], "--find-max needs --slo"),
         (["--label-names", "{0: neg}"], "--label-names is not JSON"),
         (["--texts", "/nonexistent/test.tsv"], "load-test split file /nonexistent/test.tsv not"),
+        (["--master", "--worker"], "error: --master and --worker exclude each other"),
+        (["--worker", "--find-max", "--slo", "p99=1s"], "--find-max runs one Locust run per"),
+        (["--master", "--processes", "2"], "error: --master runs no users: start the workers"),
+        (["--expect-workers", "2"], "--expect-workers applies to --master only"),
+        (["--processes", "0"], "processes: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(

@@ -153,11 +153,16 @@ def test_the_locustfile_gets_one_settings_file(tmp_path: Path) -> None:
     )
     assert settings.config == cfg.model_copy(update={"rate": 40.0})
     assert settings.traffic == tmp_path.resolve() / "traffic.json"  # absolute: Locust runs
-    assert settings.raw == tmp_path.resolve() / "requests.json"  # in the repository root
+    assert settings.results == tmp_path.resolve() / "histograms.json"  # in the repository root
+    assert settings.raw is None  # the per-request dump is opt-in
+    dump = write_settings(cfg.model_copy(update={"raw_requests": True}), tmp_path, 40.0)
+    assert LocustSettings.model_validate_json(dump.read_text()).raw == tmp_path.resolve() / (
+        "requests.jsonl"
+    )
 
 
 def test_the_config_the_locustfile_imports_stays_light() -> None:
-    code = ("import sys, loadtests.config\n"
+    code = ("import sys, loadtests.config, loadtests.cluster\n"
             "print(sorted(m for m in ('torch', 'numpy', 'service', 'bentoml', 'locust', 'gevent')"
             " if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -170,6 +175,6 @@ def test_the_loadtest_extra_holds_what_the_package_imports() -> None:
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=\[ ;]", d)[0] for d in project["optional-dependencies"]["loadtest"]}
-    assert {"locust", "matplotlib"} <= names  # loadtests/plots.py draws with matplotlib
+    assert {"locust", "matplotlib", "hdrhistogram"} <= names  # plots, merged histograms
     assert "import matplotlib" in (REPO / "loadtests" / "plots.py").read_text()
     assert project["license"] == "Apache-2.0"  # an SPDX expression, not the deprecated table

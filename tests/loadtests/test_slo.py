@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from loadtests.histograms import Recorder
 from loadtests.slo import check_slo, parse_duration_s, parse_slo
 from loadtests.stats import Sample, summary_rows
 from tuneserve.errors import ConfigError
@@ -43,27 +46,38 @@ def test_bad_slo_names_every_problem() -> None:
 
 
 def _samples() -> list[Sample]:
-    rows = [Sample(10.0 + i * 0.01, 5.0 + (i % 100), 200, "a" if i % 2 else "b", "predict", 0.0)
-            for i in range(1000)]  # fmt: skip
-    rows += [Sample(10.5, 1.0, 503, "a", "predict", 0.0)] * 20  # 2% failures, all on a
-    rows += [Sample(9.0, 900.0, 200, "a", "predict", 0.0)]  # before the window: left out
+    rows = [Sample(10.0 + i * 0.01, 5.0 + (i % 100), 200, "a" if i % 2 else "b", "predict", 0.0,
+                   True) for i in range(1000)]  # fmt: skip
+    rows += [Sample(10.5, 1.0, 503, "a", "predict", 0.0, True)] * 20  # 2% failures, all on a
+    rows += [Sample(9.0, 900.0, 200, "a", "predict", 0.0, False)]  # in the warm-up: left out
     return rows
 
 
-def test_summary_is_exact_and_excludes_the_warmup() -> None:
-    rows = summary_rows(_samples(), start=10.0, end=20.0, late_ms=10)
+def _results(samples: list[Sample]) -> dict[str, Any]:
+    """What the locustfile writes for these requests (its recorder, late beyond 10 ms)."""
+    recorder = Recorder()
+    for s in samples:
+        recorder.record(s.kind, s.variant, s.status, s.latency_ms, s.late_ms > 10, s.measured,
+                        None)  # fmt: skip
+    return recorder.dump()
+
+
+def test_summary_is_nearest_rank_and_excludes_the_warmup() -> None:
+    rows = summary_rows(_results(_samples()), seconds=10.0)
     overall, a, b = rows
     assert (overall["name"], a["name"], b["name"]) == ("all", "a", "b")
     assert overall["requests"] == 1020 and overall["failures"] == 20
     assert overall["max_ms"] == 104.0  # the 900 ms request was in the warm-up
-    assert overall["p50_ms"] == pytest.approx(54.5)  # exact, not rounded to 2 digits like Locust
+    # the 500th of 1000 latencies (nearest rank), within the histogram's 1/1024, not rounded to
+    # two digits like Locust's
+    assert 54.0 <= overall["p50_ms"] <= 54.0 * (1 + 1 / 1024)
     assert overall["rps"] == pytest.approx(102.0)
     assert a["failure_pct"] == pytest.approx(100 * 20 / 520)
     assert b["failures"] == 0
 
 
 def test_gate_names_each_breach_and_the_row() -> None:
-    rows = summary_rows(_samples(), start=10.0, end=20.0, late_ms=10)
+    rows = summary_rows(_results(_samples()), seconds=10.0)
     assert check_slo(parse_slo("p99=1s,fail=5%"), rows) == []
     breaches = check_slo(parse_slo("p99=100ms,fail=3%,rps=60"), rows)
     assert breaches == [

@@ -120,8 +120,7 @@ def test_the_prediction_log_keeps_its_rows_through_an_outage(
     proxy.cut()
     for i in range(20, 120):  # answered while the store is away: their rows wait
         log.submit(_row(i))
-    time.sleep(1.5)
-    assert metrics.LOG_QUEUED._value.get() >= 1
+    _wait(lambda: metrics.LOG_QUEUED._value.get() >= 100, 10, "the rows waiting, gauged")
     proxy.restore()
     _wait(lambda: _heals(reader) and reader.count("predictions") == 120, 15, "every row written")
     log.close()
