@@ -135,11 +135,20 @@ class PgConnection:
         import psycopg
         from psycopg_pool import ConnectionPool
 
-        self.busy_timeout_ms, self.durable = int(busy_timeout_ms), durable
+        self.busy_timeout_ms, self.durable, self.size = int(busy_timeout_ms), durable, size
+        self._local = threading.local()  # the connection of this thread's open transaction
+        self._purging = threading.Lock()
         kwargs: dict[str, Any] = {
             "autocommit": True,  # transactions are explicit
             "prepare_threshold": None,  # no server-side prepared statements (PgBouncer)
             "connect_timeout": max(1, round(size.connect_timeout_s)),
+            # a server that vanished without closing (a network cut, a dead host) is noticed in
+            # seconds, not after the kernel's TCP timeouts (client-side settings: no session state)
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 15_000,
         }
         psycopg.connect(url, **kwargs).close()  # a clear error now if it cannot be reached
         self.pool = ConnectionPool(
@@ -154,9 +163,6 @@ class PgConnection:
             open=False,
         )
         self.pool.open(wait=False)
-        self.size = size
-        self._local = threading.local()  # the connection of this thread's open transaction
-        self._purging = threading.Lock()
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> _Result:
         """Run one statement: in this thread's open transaction, else on a connection of its own.
