@@ -79,7 +79,7 @@ def replicas(
         variants = {"baseline": tiny_exports["head"], "tuned": tiny_exports["lora-cpu-fp32"]}
         config = write_serving_config(
             tmp_path / "serving.toml", variants, "baseline", workers=workers,
-            store={"pool_max_size": 3, "retry_after_s": 1},
+            store={"pool_max_size": 3, "pool_wait_s": 2.0, "retry_after_s": 1},
         )  # fmt: skip
         for n in range(2):
             home, log = tmp_path / f"home-{n}", tmp_path / f"replica-{n}.log"
@@ -237,7 +237,9 @@ def test_a_store_outage_degrades_feedback_only_and_heals(
         proxy.cut()
         away = len(traffic.codes)
         for replica in (a, b):  # still ready: predictions work without the store
-            _wait(lambda r=replica: _store_is(r, "degraded"), 5, "the store reported degraded")
+            # at the first statement that fails: at once on a broken connection, after
+            # store.pool_wait_s (2 s here) when waiting for a new one
+            _wait(lambda r=replica: _store_is(r, "degraded"), 8, "the store reported degraded")
             assert replica.metric("tuneserve_store_up") == [0.0]
         report = httpx.get(f"{a.url}/ab/report", timeout=10)  # needs the store: 503, not 500
         assert (report.status_code, report.json()["kind"]) == (503, "unavailable")
