@@ -28,12 +28,13 @@ from starlette.routing import Route
 from service.config import ServingConfig, load_serving_config
 from service.errors import InvalidInputError, ServiceError, UnavailableError
 from service.experiment.changes import check_token
+from service.health import HEALTH
 from service.ids import load_key
 from service.logs import install_request_text_filter, install_service_logging
 from service.middleware import GuardMiddleware
 from service.model import read_export
 from service.openapi import REPORT_FORMATS, openapi_document
-from service.pool import HEALTH, StoreUnavailableError
+from service.pool import StoreUnavailableError
 from service.predictor import Predictor
 from service.report import build_report, format_report
 from service.report_page import render_page

@@ -11,9 +11,8 @@ timeout and the log's ``synchronous_commit = off`` are ``SET LOCAL`` in each tra
 transaction-level advisory locks.
 
 A failure to reach the server (:class:`StoreUnavailableError`) flips the process's store health
-to down (``tuneserve_store_up`` 0, one warning); the next statement that succeeds flips it back
-(one info line). Failures inside a statement (bad SQL, a constraint) are the caller's and leave
-the health alone.
+(service/health.py) to down; the next statement that succeeds flips it back. Failures inside a
+statement (bad SQL, a constraint) are the caller's and leave the health alone.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service import metrics
+from service.health import HEALTH
 from tuneserve.errors import TuneserveError
 
 logger = logging.getLogger(__name__)
@@ -46,59 +45,6 @@ class PoolSize:
     wait_s: float = 5.0
     connect_timeout_s: float = 5.0
     reconnect_timeout_s: float = 300.0
-
-
-class StoreHealth:
-    """Whether this process last reached the store; transitions are logged once and gauged."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.up = True
-        self.up_since = 0.0  # monotonic time the store was last seen back
-        self.down_since: float | None = None
-        self.error = ""
-        metrics.STORE_UP.set(1)
-
-    def ok(self) -> None:
-        """A statement reached the store."""
-        if self.up:
-            return
-        with self._lock:
-            if self.up:
-                return
-            down_s = time.monotonic() - (self.down_since or time.monotonic())
-            self.up, self.down_since, self.error = True, None, ""
-            self.up_since = time.monotonic()
-            metrics.STORE_UP.set(1)
-        logger.info("experiment store reachable again after %.1f s; feedback is accepted, "
-                    "queued prediction rows are being written", down_s)  # fmt: skip
-
-    def failed(self, exc: BaseException, started: float) -> None:
-        """A statement begun at ``started`` (monotonic) could not reach the store; one begun
-        before the store was last seen back says nothing new."""
-        with self._lock:
-            if not self.up or started < self.up_since:
-                return
-            self.up, self.down_since = False, time.monotonic()
-            self.error = type(exc).__name__
-            metrics.STORE_UP.set(0)
-        logger.warning("experiment store unreachable (%s: %s): feedback answers 503, "
-                       "prediction rows wait in the log queue", type(exc).__name__,
-                       _one_line(exc))  # fmt: skip
-
-    def status(self) -> dict[str, Any]:
-        """For /readyz: ``up``, or ``degraded`` with the error kind and for how long."""
-        if self.up:
-            return {"store": "up"}
-        down_s = time.monotonic() - (self.down_since or time.monotonic())
-        return {"store": "degraded", "store_error": self.error, "store_down_s": round(down_s, 1)}
-
-
-HEALTH = StoreHealth()  # one per process: every store connection of the worker reports here
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 def _lost(exc: BaseException) -> bool:
@@ -138,6 +84,7 @@ class PgConnection:
         self.busy_timeout_ms, self.durable, self.size = int(busy_timeout_ms), durable, size
         self._local = threading.local()  # the connection of this thread's open transaction
         self._purging = threading.Lock()
+        self._purger: threading.Thread | None = None
         kwargs: dict[str, Any] = {
             "autocommit": True,  # transactions are explicit
             "prepare_threshold": None,  # no server-side prepared statements (PgBouncer)
@@ -229,14 +176,24 @@ class PgConnection:
         try:
             ConnectionPool.check_connection(conn)
         except Exception:
-            threading.Thread(target=self._purge, name="tuneserve-store-check", daemon=True).start()
+            self._purge()
             raise
 
-    def _purge(self) -> None:
-        """A connection broke: check the idle ones now (a restarted or failed-over server broke
-        them all), so the next statements get fresh connections rather than dead ones."""
-        if not self._purging.acquire(blocking=False):
-            return  # another thread is at it
+    def _purge(self, wait_s: float = 0.0) -> None:
+        """A connection broke: check the idle ones now, in the background (a restarted or
+        failed-over server broke them all), so the next statements get fresh connections rather
+        than dead ones; wait up to ``wait_s`` for it (a vanished server may hold a check for
+        seconds)."""
+        if self._purging.acquire(blocking=False):  # else another thread is at it
+            thread = threading.Thread(
+                target=self._check_idle, name="tuneserve-store-check", daemon=True
+            )
+            thread.start()
+            self._purger = thread
+        if wait_s > 0 and self._purger is not None:
+            self._purger.join(wait_s)
+
+    def _check_idle(self) -> None:
         try:
             self.pool.check()
         except Exception:  # only a clean-up; the pool reconnects anyway
@@ -258,7 +215,7 @@ class PgConnection:
                     HEALTH.ok()  # the server answered, with an error of the statement's own
                     raise
                 if not isinstance(exc, PoolTimeout):
-                    self._purge()
+                    self._purge(wait_s=1.0)
                     if retry and attempt == 1:
                         continue
                 HEALTH.failed(exc, started)

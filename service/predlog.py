@@ -22,7 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from service import metrics
-from service.pool import HEALTH, StoreUnavailableError
+from service.health import HEALTH
+from service.pool import StoreUnavailableError
 from service.store import Store
 
 logger = logging.getLogger(__name__)

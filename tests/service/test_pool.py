@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from service import metrics
-from service.pool import HEALTH, PoolSize, StoreUnavailableError
+from service.health import HEALTH
+from service.pool import PoolSize, StoreUnavailableError
 from service.predlog import PredictionLog
 from service.store import Store
 from tests.service.proxy import TcpProxy
@@ -57,7 +58,7 @@ def test_an_outage_fails_fast_as_unavailable_and_heals_without_a_new_store(
     proxy, url = proxied
     store = Store(url, pool=FAST)
     assert store.add_feedback("a", "positive").status == "stored" and HEALTH.up
-    caplog.set_level(logging.INFO, logger="service.pool")
+    caplog.set_level(logging.INFO, logger="service.health")
     proxy.cut()
     started = time.monotonic()
     with pytest.raises(StoreUnavailableError, match="cannot be reached"):
@@ -72,7 +73,7 @@ def test_an_outage_fails_fast_as_unavailable_and_heals_without_a_new_store(
     assert HEALTH.up and metrics.STORE_UP._value.get() == 1 and HEALTH.status() == {"store": "up"}
     assert store.add_feedback("b", "positive").status == "stored"
     assert store.count("feedback") == 2
-    lines = [r.getMessage() for r in caplog.records if r.name == "service.pool"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "service.health"]
     assert sum("unreachable" in line for line in lines) == 1, lines  # one line per transition
     assert sum("reachable again" in line for line in lines) == 1, lines
     print(f"healed {healed_s:.1f} s after the proxy came back")
