@@ -8,9 +8,10 @@ shared machine the ceiling moves), all measured in one run.
         --fp32-export artifacts/export/bench-sst2-r24-lora-cpu-fp32 [--py-spy]
 
 For each server: resident memory per idle worker; a closed-loop sweep with Locust (users 1 to 32,
-the first seconds of each run excluded) giving throughput and p50/p99 from the runner's HDR histograms
-(nearest rank, 3 significant digits); the highest throughput with p99 <= 100 ms; p50/p99 at 50 requests/s offered (open loop:
-arrivals at intended times, latency measured from them); the server's CPU seconds per request.
+the first seconds of each run excluded) giving throughput and p50/p99 from the runner's HDR
+histograms (nearest rank, 3 significant digits); the highest throughput with p99 <= 100 ms;
+p50/p99 at 50 requests/s offered (open loop: arrivals at intended times, latency measured from
+them); the server's CPU seconds per request.
 Locust runs through loadtests' runner (the same locustfile and statistics as `tuneserve
 loadtest`), on the same machine as the server, and takes its share of the cores: every report
 says so. ``--py-spy`` adds, per BentoML server, one more run at the largest user count with

@@ -19,6 +19,7 @@ from tuneserve.errors import ManifestError
 from tuneserve.inference import encode_batch, load_tokenizer, make_session
 from tuneserve.machine import describe_machine
 from tuneserve.manifest import Manifest, read_manifest
+from tuneserve.percentiles import percentile
 
 log = logging.getLogger(__name__)
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
@@ -108,8 +109,8 @@ def measure(
                 batched[name][index] = logits.argmax(1)
     for name in runners:
         results[name] |= {
-            "batch1_p50_ms": float(np.percentile(latencies[name], 50)),
-            "batch1_p99_ms": float(np.percentile(latencies[name], 99)),
+            "batch1_p50_ms": percentile(latencies[name], 50),  # nearest rank
+            "batch1_p99_ms": percentile(latencies[name], 99),
             "batch32_sentences_per_s": len(texts) / busy[name],
             # dynamic INT8 answers shift with batch composition; fp32 ones do not
             "batch32_agreement_with_batch1": float(

@@ -13,12 +13,12 @@ Imported by the locustfile under gevent: keep its imports light (no numpy).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
+
+from tuneserve.percentiles import rank
 
 # percentile definition: tuneserve/percentiles.py (nearest rank; HDR keeps it within precision)
 LOWEST_US = 1
@@ -49,11 +49,11 @@ def nearest_rank_us(hist: HdrHistogram, q: float) -> int | None:
     total = hist.get_total_count()
     if total == 0:
         return None
-    rank = max(1, math.ceil(Fraction(str(q)) * total / 100))
+    k = rank(total, q)
     seen = 0
     for index, count in enumerate(hist.counts):
         seen += count
-        if seen >= rank:
+        if seen >= k:
             return int(hist.get_highest_equivalent_value(hist.get_value_from_index(index)))
     return int(hist.get_max_value())
 

@@ -26,6 +26,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from service.config import ServingConfig, load_serving_config
+from service.dialect import is_url
 from service.errors import InvalidInputError, ServiceError, UnavailableError
 from service.experiment.changes import check_token
 from service.health import HEALTH
@@ -50,7 +51,8 @@ def _checked_settings() -> ServingConfig:
         for variant in settings.variants:
             read_export(variant.path)
         # made here, in the main process, so every worker reads the same key
-        load_key(settings.experiment.id_key_env, settings.experiment.id_key_file)
+        experiment, shared = settings.experiment, is_url(settings.store.location())
+        load_key(experiment.id_key_env, experiment.id_key_file, shared=shared)
     except TuneserveError as exc:
         print(f"tuneserve: cannot serve: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

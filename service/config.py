@@ -87,6 +87,13 @@ class ExperimentConfig(StrictConfig):
         description="prior scale of the always-valid test's normal mixture (the size of "
         "difference it is most sensitive to)",
     )
+    revision: NonNegativeInt = Field(
+        0,
+        description="generation of this experiment definition (weights, salt, coverage, "
+        "shadow): a replica whose revision is above the stored state's writes its config's "
+        "state on start; at or below it, it follows the stored state. Bump it to roll a new "
+        "definition out (old pods of a rolling update then never write theirs back)",
+    )
     id_key_env: str = Field(
         "TUNESERVE_ID_KEY",
         description="environment variable with the key that signs prediction ids (share it "
@@ -136,7 +143,24 @@ class GuardrailConfig(StrictConfig):
         "the control's by the always-valid test (safe to check continuously)",
     )
     accuracy_alpha: OpenUnit = Field(0.01, description="significance level of the accuracy trip")
-    check_interval_s: PositiveFloat = Field(2.0, description="how often each worker checks")
+    check_interval_s: PositiveFloat = Field(
+        2.0, description="how often the leader checks (and every worker renews or seeks the lease)"
+    )
+    leader_lease_s: PositiveFloat = Field(
+        10.0,
+        description="how long the experiment leader's lease lasts unrenewed; the leader renews "
+        "it every check_interval_s, and another worker takes over once it has run out",
+    )
+
+    @model_validator(mode="after")
+    def _check_lease(self) -> GuardrailConfig:
+        if self.leader_lease_s <= 2 * self.check_interval_s:
+            raise ValueError(
+                f"guardrails.leader_lease_s ({self.leader_lease_s:g}) must exceed twice "
+                f"check_interval_s ({self.check_interval_s:g}), or the lease lapses between "
+                "renewals"
+            )
+        return self
 
 
 class StoreConfig(StrictConfig):

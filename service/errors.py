@@ -69,6 +69,13 @@ class MethodNotAllowedError(ServiceError):
     kind = "method_not_allowed"
 
 
+class ConflictError(ServiceError):
+    """A change based on an experiment state version that is no longer the newest."""
+
+    status = 409
+    kind = "conflict"
+
+
 class PayloadTooLargeError(ServiceError):
     """The body or the batch is larger than the configured limit."""
 
@@ -115,6 +122,7 @@ CONTRACT_ERRORS: tuple[type[ServiceError], ...] = (
     ForbiddenError,
     NotFoundError,
     MethodNotAllowedError,
+    ConflictError,
     PayloadTooLargeError,
     OverloadedError,
     DeadlineError,

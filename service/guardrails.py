@@ -1,26 +1,26 @@
 """Guardrails: bounds a challenger must keep, or it is taken out of rotation automatically.
 
-Each worker keeps a sliding window of its own requests per challenger (time, latency, failed)
-and checks it every ``check_interval_s``: with at least ``min_requests`` in the window, an error
-rate above ``max_error_rate`` or a p99 latency above ``max_p99_ms`` trips the challenger. Less
-often it reads the labelled predictions from the store and trips a challenger whose online
-accuracy is worse than the control's by the always-valid (mSPRT) test at ``accuracy_alpha``; that
-test may be checked continuously without inflating false alarms. The control is never tripped.
-A trip is stored as an experiment state change, so it reaches every worker and survives a
-restart; the admin API's ``enable`` puts the variant back.
+The deployment's experiment leader (one worker of one replica; service/experiment/leader.py)
+reads each challenger's requests of the last ``window_s`` from the store's prediction log, so
+every worker's and every replica's traffic counts, and checks them every ``check_interval_s``:
+with at least ``min_requests`` in the window, an error rate above ``max_error_rate`` or a p99
+latency above ``max_p99_ms`` trips the challenger. Less often it reads the labelled predictions
+and trips a challenger whose online accuracy is worse than the control's by the always-valid
+(mSPRT) test at ``accuracy_alpha``; that test may be checked continuously without inflating false
+alarms. The control is never tripped. A trip is stored as an experiment state change, so it
+reaches every worker and survives a restart; the admin API's ``enable`` puts the variant back.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from service.config import GuardrailConfig
-from service.stats import Counts, p99, path_end
+from service.schema import WindowFigures
+from service.stats import Counts, path_end
+from service.store import Store
 
 
 @dataclass(frozen=True)
@@ -32,54 +32,36 @@ class Trip:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-class Guardrails:
-    """This worker's sliding windows of each challenger's requests."""
+def window_trip(variant: str, figures: WindowFigures, config: GuardrailConfig) -> Trip | None:
+    """The trip of a challenger whose store-wide window breaks a bound (None while it keeps
+    them, or has fewer than ``min_requests`` requests in the window)."""
+    n = figures.requests
+    if n < config.min_requests:
+        return None
+    if figures.failed / n > config.max_error_rate:
+        return Trip(variant, "error_rate", {
+            "error_rate": figures.failed / n, "requests": n, "bound": config.max_error_rate,
+        })  # fmt: skip
+    if figures.p99_ms > config.max_p99_ms:
+        return Trip(variant, "p99_latency", {
+            "p99_ms": figures.p99_ms, "requests": n, "bound_ms": config.max_p99_ms,
+        })  # fmt: skip
+    return None
 
-    def __init__(self, config: GuardrailConfig, challengers: Iterable[str]) -> None:
-        self.config = config
-        self.windows: dict[str, deque[tuple[float, float, bool]]] = {
-            name: deque() for name in challengers
-        }
-        self._lock = threading.Lock()
 
-    def record(self, variant: str, latency_ms: float, failed: bool) -> None:
-        """Note one request of ``variant`` (ignored for the control)."""
-        window = self.windows.get(variant)
-        if window is not None:
-            with self._lock:
-                window.append((time.monotonic(), latency_ms, failed))
-
-    def reset(self, variant: str) -> None:
-        """Forget a variant's window (when it is put back in rotation)."""
-        with self._lock:
-            self.windows.get(variant, deque()).clear()
-
-    def check(self, skip: Iterable[str] = ()) -> list[Trip]:
-        """The challengers whose window breaks a bound (those in ``skip`` are not judged)."""
-        config = self.config
-        horizon = time.monotonic() - config.window_s
-        trips = []
-        skipped = set(skip)
-        with self._lock:
-            for name, window in self.windows.items():
-                while window and window[0][0] < horizon:
-                    window.popleft()
-                n = len(window)
-                if name in skipped or n < config.min_requests:
-                    continue
-                failed = sum(1 for _, _, f in window if f)
-                if failed / n > config.max_error_rate:
-                    trips.append(Trip(name, "error_rate", {
-                        "error_rate": failed / n, "requests": n, "bound": config.max_error_rate,
-                    }))  # fmt: skip
-                    continue
-                latencies = [lat for _, lat, f in window if not f]
-                worst = p99(latencies) if latencies else 0.0
-                if worst > config.max_p99_ms:
-                    trips.append(Trip(name, "p99_latency", {
-                        "p99_ms": worst, "requests": n, "bound_ms": config.max_p99_ms,
-                    }))  # fmt: skip
-        return trips
+def window_trips(
+    store: Store, config: GuardrailConfig, since: Mapping[str, float], salt: str, now: float
+) -> list[Trip]:
+    """The challengers in ``since`` (name -> when it was last put in rotation) whose requests of
+    the last ``window_s`` (from every worker of every replica, read from the store) break a
+    bound; a challenger put back in rotation is judged only on what it answered since."""
+    trips = []
+    for name, start in since.items():
+        figures = store.window(name, max(now - config.window_s, start), salt)
+        trip = window_trip(name, figures, config)
+        if trip is not None:
+            trips.append(trip)
+    return trips
 
 
 def accuracy_trip(challenger: str, counts: Counts, p_value: float, alpha: float) -> Trip | None:

@@ -4,9 +4,11 @@ An id is 24 hex characters of randomness followed by the first 16 hex characters
 HMAC-SHA256(key, randomness). Feedback for an id the service never issued is refused at once,
 without waiting for the prediction log; every worker and replica holding the key agrees.
 
-The key comes from the environment variable named in the config (``experiment.id_key_env``) or,
-without it, from a key file created once with mode 0600 (``experiment.id_key_file``), so that
-workers and restarts share it. Replicas behind a load balancer must share the environment key.
+The key comes from the environment variable named in the config (``experiment.id_key_env``). With
+a SQLite store (one host) it may instead come from a key file created once with mode 0600
+(``experiment.id_key_file``), so that workers and restarts share it. With a PostgreSQL store
+(replicas behind a load balancer) the variable is required: a per-host file would make feedback
+that reaches another replica unknown there (404), so its absence is a start-up error.
 """
 
 from __future__ import annotations
@@ -48,11 +50,26 @@ class PredictionIds:
         return hmac.compare_digest(tag, self._tag(nonce))
 
 
-def load_key(env_name: str, key_file: Path) -> bytes:
-    """The key from ``$env_name`` (hex or text), else from ``key_file`` (created if absent)."""
-    value = os.environ.get(env_name)
+def load_key(env_name: str, key_file: Path, shared: bool = False) -> bytes:
+    """The key from ``$env_name`` (hex or text), else from ``key_file`` (created if absent).
+
+    ``shared``: the store is shared by replicas (PostgreSQL), so the key must come from the
+    environment; without it, a ConfigError that says how to set it."""
+    value = os.environ.get(env_name, "").strip()
     if value:
+        if len(value) < 16:
+            raise ConfigError(
+                f"${env_name} is too short ({len(value)} characters, at least 16): "
+                "use openssl rand -hex 32"
+            )
         return value.encode()
+    if shared:
+        raise ConfigError(
+            f"${env_name} is not set, and the store is PostgreSQL, shared by replicas: every "
+            "replica must sign prediction ids with the same key, or feedback reaching another "
+            f"replica is refused (404). Set {env_name} to the same secret on every replica "
+            f"(export {env_name}=$(openssl rand -hex 32), once, kept in a Secret)"
+        )
     if not key_file.is_file():
         try:
             key_file.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from service.config import CONFIG_ENV, load_serving_config
 from service.model import read_export
 from tuneserve.errors import RunError
 from tuneserve.lineage import DataColumns, read_labelled, resolve_columns
+from tuneserve.percentiles import percentiles
 
 
 def serve(
@@ -183,10 +184,10 @@ def try_out(
     )
     for name, row in sorted(rows.items()):
         version = next(v["model_version"] for v in models["variants"] if v["name"] == name)
-        lat = np.array(row["latency"])
+        lat = percentiles(row["latency"], (50, 99))
         print(
-            f"{name:<12}{version:<34}{len(lat):>9}{np.mean(row['correct']):>10.3f}"
-            f"{np.percentile(lat, 50):>8.1f}{np.percentile(lat, 99):>8.1f}"
+            f"{name:<12}{version:<34}{len(row['latency']):>9}{np.mean(row['correct']):>10.3f}"
+            f"{lat[50]:>8.1f}{lat[99]:>8.1f}"
         )
     print("(latency measured by this client, 4 requests at a time, on the same machine)")
     post_feedback_and_report(url, results, labels, names, columns)

@@ -131,3 +131,15 @@ SAMPLE_RATIO_MISMATCH = Gauge(
     "1 while the logged traffic split differs from the configured shares (p < 0.001)",
     multiprocess_mode="mostrecent",
 )
+EXPERIMENT_LEADER = Gauge(
+    "tuneserve_experiment_leader",
+    "1 while this worker is the deployment's experiment leader (it alone makes the guardrail "
+    "and sample-ratio decisions, from store-wide figures); summed over a pod's live workers",
+    multiprocess_mode="livesum",
+)
+EXPERIMENT_STATE_VERSION = Gauge(
+    "tuneserve_experiment_state_version",
+    "Version of the experiment state this pod's workers route by (the highest among them); "
+    "every pod converges to the stored one within seconds",
+    multiprocess_mode="livemax",
+)

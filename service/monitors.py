@@ -1,7 +1,10 @@
-"""The store checks every worker runs in the background, made to keep up with a growing store.
+"""The store checks the experiment leader runs in the background, made to keep up with a growing
+store.
 
 The accuracy guardrail and the sample-ratio gauges read the store every few seconds
-(``guardrails.check_interval_s`` times STORE_CHECKS_EVERY in service/experiment/live.py).
+(``guardrails.check_interval_s`` times STORE_CHECKS_EVERY in service/experiment/live.py), on the
+one leader of the deployment (service/experiment/leader.py), which starts them afresh when it
+takes over.
 Reading every labelled prediction each time costs in proportion to the experiment's age
 (measured on SQLite: over 2 s per check at a million predictions, with the worker's store
 connection busy all the while; BENCHMARKS.md), so both keep running totals and each check reads

@@ -6,6 +6,7 @@ from typing import Any
 
 from service.errors import (
     CONTRACT_ERRORS,
+    ConflictError,
     DeadlineError,
     ForbiddenError,
     InvalidInputError,
@@ -138,7 +139,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         shadow=_obj(["variant", "share"], variant=_STR, share=_NUM),
         disabled={"type": "array", "items": _STR},
         origin=_STR,
-        version=_INT,
+        revision={**_INT, "description": "experiment.revision of the config it grew from"},
+        version={**_INT, "description": "raised by one at every stored change"},
         control=_STR,
         shares={**_SHARES, "description": "variant -> share of the traffic now"},
     ),
@@ -165,6 +167,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             },
             "disable": {"type": "array", "items": _STR},
             "enable": {"type": "array", "items": _STR},
+            "version": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "the state version this change is based on (from GET "
+                "/ab/config): applied only if it is still the newest, else 409; without it the "
+                "change is applied to the newest state",
+            },
         },
     },
     "Report": _obj(
@@ -206,6 +215,10 @@ def _error(error: type[Exception] | str, description: str = "") -> dict[str, Any
     }
     if error is OverloadedError:
         answer["headers"] = {"Retry-After": RETRY_AFTER}
+    if error is ConflictError:
+        answer["headers"] = {"X-Experiment-Version": {
+            "description": "the stored experiment state's version now", "schema": _STR,
+        }}  # fmt: skip
     return answer
 
 
@@ -216,6 +229,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: _error(UnauthorizedError),
         403: _error(ForbiddenError),
         404: _error(NotFoundError),
+        409: _error(
+            ConflictError,
+            'the change named a "version" that is no longer the newest: the message names the '
+            "current one (GET /ab/config, apply the change to it, send it again)",
+        ),
         413: _error(PayloadTooLargeError),
         429: _error("429", "BentoML's own concurrency backstop (behind admission control)"),
         503: _error(
@@ -296,7 +314,7 @@ def openapi_document(title: str, bodies: dict[str, dict[str, Any]]) -> dict[str,
                     "requestBody": {"required": True,
                                     "content": {JSON: {"schema": _ref("ExperimentChange")}}},
                     "responses": {"200": _json(_ref("ExperimentConfig"), "the new state"),
-                                  **_errors(*_POST_ERRORS, 401, 403)}}},
+                                  **_errors(*_POST_ERRORS, 401, 403, 409)}}},
         "/livez": {"get": {"summary": "Alive (BentoML's liveness probe).", "operationId": "livez",
                            "responses": {"200": _text("text/plain", "alive"),
                                          **_errors(503)}}},

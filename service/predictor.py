@@ -19,6 +19,7 @@ from typing import Any
 from service import metrics
 from service.batching import Runner, make_runner
 from service.config import ServingConfig
+from service.dialect import is_url
 from service.errors import (
     DeadlineError,
     InvalidInputError,
@@ -75,8 +76,10 @@ class Predictor:
             for name, model in self.models.items()
         }
         experiment = settings.experiment
-        self.ids = PredictionIds(load_key(experiment.id_key_env, experiment.id_key_file))
         store, store_at = settings.store, settings.store.location()  # SQLite file or PG URL
+        self.ids = PredictionIds(
+            load_key(experiment.id_key_env, experiment.id_key_file, shared=is_url(store_at))
+        )
         log_pool = store.pool(log=True)
         self.log = PredictionLog(
             lambda: Store(store_at, store.busy_timeout_ms, durable=False, pool=log_pool),
@@ -161,7 +164,6 @@ class Predictor:
                 self.idle.set()
         answers = []
         now, latency_ms = time.time(), (time.perf_counter() - started) * 1000
-        self.experiment.record(assignment.variant, latency_ms, failed=False)
         for text, row, encoding in zip(texts, probs, encodings, strict=True):
             prediction = model.answer(row, encoding)
             self._count(assignment, prediction.label, prediction.score, prediction.truncated)
@@ -239,10 +241,9 @@ class Predictor:
         kind: str,
         salt: str,
     ) -> None:
-        """A routed request failed: one error row per text (the report's error rate), and the
-        variant's guardrail window."""
+        """A routed request failed: one error row per text (the report's error rate and the
+        leader's store-wide guardrail window read them)."""
         latency_ms = (time.perf_counter() - started) * 1000
-        self.experiment.record(assignment.variant, latency_ms, failed=True)
         now = time.time()
         for _ in texts:
             row = self._row(assignment, model, self.ids.new(), now, hashed, latency_ms, salt)

@@ -6,18 +6,18 @@ Built from the store alone, so `GET /ab/report` and `tuneserve ab-report --db PA
 It covers the current experiment (the routing salt in force). Forced traffic, and traffic
 outside the experiment's coverage, is left out of every figure but
 its own count. The sample ratio is judged on the traffic since the last change of the experiment
-state (weights, disabled variants), against the shares in force.
+state (weights, disabled variants), against the shares in force. Latency percentiles are nearest
+rank (tuneserve.percentiles), of the answered requests.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Any
-
-import numpy as np
 
 from service.config import ServingConfig
 from service.experiment.state import ExperimentState, read_state
+from service.schema import Labelled, VariantSummary
 from service.stats import (
     SRM_ALPHA,
     mcnemar_exact,
@@ -27,61 +27,52 @@ from service.stats import (
     two_proportion_test,
     wilson_interval,
 )
-from service.store import Labelled, Store
+from service.store import Store
 
 TIMELINE_POINTS = 60  # points per variant on the accuracy-over-time chart
+LATENCY_QS = (50, 95, 99)  # the latency percentiles reported (nearest rank: tuneserve.percentiles)
 
 
 def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
-    """The report as JSON-ready data."""
+    """The report as JSON-ready data.
+
+    Five reads of the store, whatever its size: the experiment state, its history, per variant
+    the counts and latency percentiles (one grouped query; SQLite, without percentile_disc,
+    reads the answered latencies in a sixth), the labelled predictions in feedback order (the
+    always-valid test and the timeline walk them), and the shadow counts."""
     control = settings.control.name
     state = read_state(store, settings)
     history = store.history()
     since = history[-1].ts if history else 0.0  # the split is judged under the current state
     shares = _shares(state)
-    traffic: Counter[str] = Counter()
-    current: Counter[str] = Counter()
-    forced: Counter[str] = Counter()
-    excluded: Counter[str] = Counter()
-    errors: Counter[str] = Counter()
-    for count in store.traffic_summary(since, state.salt):
-        variant, n = count.variant, count.requests
-        if count.unit == "forced":
-            forced[variant] += n
-        elif count.unit == "excluded":
-            excluded[variant] += n
-        else:
-            traffic[variant] += n
-            current[variant] += n if count.current else 0
-            errors[variant] += n if count.failed else 0
-    latency = store.latencies(state.salt)
+    counts = {row.variant: row for row in store.variant_summary(since, state.salt, LATENCY_QS)}
     labelled = store.labelled(salt=state.salt)
     outcomes: dict[str, list[bool]] = defaultdict(list)
     for row in labelled:
         outcomes[row.variant].append(row.correct)
+    no_rows = VariantSummary("", 0, 0, 0, 0, 0, {})  # a variant that has logged nothing yet
     variants = []
     for name in settings.variant_names():
         n, hits = len(outcomes[name]), sum(outcomes[name])
         low, high = wilson_interval(hits, n)
-        lat = np.array(latency[name]) if latency.get(name) else None
+        c = counts.get(name, no_rows)
         variants.append({
             "variant": name,
             "control": name == control,
             "share": shares[name],
             "enabled": name not in state.disabled,
-            "traffic": traffic[name],
-            "forced": forced[name],
-            "excluded": excluded[name],
-            "errors": errors[name],
-            "error_rate": errors[name] / traffic[name] if traffic[name] else None,
+            "traffic": c.traffic,
+            "forced": c.forced,
+            "excluded": c.excluded,
+            "errors": c.errors,
+            "error_rate": c.errors / c.traffic if c.traffic else None,
             "labelled": n,
             "accuracy": hits / n if n else None,
             "accuracy_ci95": [low, high],
-            "latency_ms": None if lat is None else {
-                f"p{q}": float(np.percentile(lat, q)) for q in (50, 95, 99)
-            },
+            "latency_ms": {f"p{q}": c.latency_ms[q] for q in LATENCY_QS} if c.latency_ms else None,
         })  # fmt: skip
-    srm = sample_ratio_check(dict(current), shares)
+    current = {name: row.current for name, row in counts.items()}
+    srm = sample_ratio_check(current, shares)
     experiment = settings.experiment
     comparisons = [
         _compare(control, name, labelled, experiment.alpha, experiment.minimum_effect,
@@ -129,24 +120,16 @@ def _shares(state: ExperimentState) -> dict[str, float]:
 def _shadow(store: Store) -> list[dict[str, Any]]:
     """Per shadow variant: agreement with the live answers, and McNemar's test on the pairs
     whose true label is known (live right and shadow wrong, or the other way round)."""
-    by_variant: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
-    for pair in store.shadow_pairs():
-        by_variant[pair.variant].append((pair.live_label, pair.label, pair.truth))
     result = []
-    for name, pairs in sorted(by_variant.items()):
-        agree = sum(1 for live, shadow, _ in pairs if live == shadow)
-        known = [(live == t, shadow == t) for live, shadow, t in pairs if t is not None]
-        test = mcnemar_exact(
-            sum(1 for live, shadow in known if live and not shadow),
-            sum(1 for live, shadow in known if shadow and not live),
-        )
+    for c in sorted(store.shadow_counts()):
+        test = mcnemar_exact(c.live_only, c.shadow_only)
         result.append({
-            "variant": name,
-            "scored": len(pairs),
-            "agreement": agree / len(pairs),
-            "labelled": len(known),
-            "live_accuracy": sum(live for live, _ in known) / len(known) if known else None,
-            "shadow_accuracy": sum(sh for _, sh in known) / len(known) if known else None,
+            "variant": c.variant,
+            "scored": c.scored,
+            "agreement": c.agree / c.scored,
+            "labelled": c.labelled,
+            "live_accuracy": c.live_right / c.labelled if c.labelled else None,
+            "shadow_accuracy": c.shadow_right / c.labelled if c.labelled else None,
             "mcnemar": {"live_only": test.only_a, "shadow_only": test.only_b,
                         "p_value": test.p_value},
         })  # fmt: skip

@@ -68,6 +68,20 @@ MIGRATIONS.append(
         "CREATE INDEX feedback_ts ON feedback (ts)",
     ]
 )
+MIGRATIONS.append(
+    [
+        # the lease of the deployment's experiment leader (service/experiment/leader.py): who
+        # holds it, its term (raised at every change of holder), until when (the store's clock)
+        """CREATE TABLE experiment_leader (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            holder TEXT NOT NULL,
+            term INTEGER NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        # the leader's guardrail reads each challenger's recent requests store-wide
+        "CREATE INDEX predictions_variant_ts ON predictions (variant, ts)",
+    ]
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 PREDICTION_COLUMNS = (
@@ -88,6 +102,23 @@ class StoredState(NamedTuple):
     state: dict[str, Any] | None
 
 
+class Lease(NamedTuple):
+    """The experiment leader's lease: its holder, its term, until when (the store's clock)."""
+
+    holder: str
+    term: int
+    expires_at: float
+
+
+class WindowFigures(NamedTuple):
+    """One challenger's requests in the guardrail window, store-wide: how many, how many
+    failed, and the p99 latency of those answered (0 without any)."""
+
+    requests: int
+    failed: int
+    p99_ms: float
+
+
 class HistoryEntry(NamedTuple):
     """One recorded change of the experiment state, and when it was made."""
 
@@ -95,15 +126,18 @@ class HistoryEntry(NamedTuple):
     change: dict[str, Any]
 
 
-class TrafficCount(NamedTuple):
-    """Logged requests of one variant and unit kind, stamped before or since a time, failed
-    or not (one row of ``Store.traffic_summary``)."""
+class VariantSummary(NamedTuple):
+    """One variant's logged requests of an experiment, counted in the database, and the
+    latency percentiles of those answered (one row of ``Store.variant_summary``)."""
 
     variant: str
-    unit: str  # user, request, forced or excluded
-    current: bool  # stamped at or after the ``since`` asked for
-    failed: bool
-    requests: int
+    traffic: int  # the experiment's requests: not forced, not excluded (failed ones too)
+    current: int  # of those, stamped at or after the ``since`` asked for
+    errors: int  # of those, failed
+    forced: int
+    excluded: int
+    latency_ms: dict[float, float]  # q -> nearest-rank percentile of the answered traffic's
+    # latencies (tuneserve.percentiles); empty when none was answered
 
 
 class NewTraffic(NamedTuple):
@@ -140,3 +174,18 @@ class ShadowPair(NamedTuple):
     live_label: str
     label: str
     truth: str | None
+
+
+class ShadowCounts(NamedTuple):
+    """One shadow variant's scored predictions, counted in the database: all of them, those
+    agreeing with the live answer, those with a true label, and of these, how many each side
+    got right and how many only one side got right (McNemar's discordant pairs)."""
+
+    variant: str
+    scored: int
+    agree: int
+    labelled: int
+    live_right: int
+    shadow_right: int
+    live_only: int
+    shadow_only: int

@@ -1,6 +1,6 @@
 """A/B statistics: Wilson intervals, the two-proportion z-test, the always-valid (mSPRT) p-value
 and its path through paired-arm outcomes, the sample-ratio-mismatch check, labelled samples still
-needed, McNemar's test, the nearest-rank p99.
+needed, McNemar's test, the p99 (tuneserve.percentiles' nearest rank).
 
 Standard library only (``statistics.NormalDist``, ``math``), so the report runs wherever the store
 can be read; tests check every figure against scipy and statsmodels on fixed inputs.
@@ -15,6 +15,8 @@ from statistics import NormalDist
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from tuneserve.percentiles import percentile, rank
 
 _NORMAL = NormalDist()
 
@@ -223,7 +225,13 @@ def mcnemar_exact(only_a: int, only_b: int) -> McNemar:
     return McNemar(only_a, only_b, min(1.0, 2 * tail))
 
 
+def p99_rank(n: int) -> int:
+    """The 1-based rank (in ascending order) of the 99th percentile of ``n`` values (nearest
+    rank, tuneserve.percentiles): the store reads only the values from that rank up."""
+    return rank(n, 99)
+
+
 def p99(values: list[float]) -> float:
-    """The 99th percentile (nearest rank) of ``values``."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+    """The 99th percentile of ``values``: nearest rank, the project's one definition
+    (tuneserve.percentiles)."""
+    return percentile(values, 99)

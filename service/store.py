@@ -25,7 +25,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +40,19 @@ from service.schema import (
     FeedbackOutcome,
     HistoryEntry,
     Labelled,
+    Lease,
     NewTraffic,
+    ShadowCounts,
     ShadowPair,
     StoredState,
-    TrafficCount,
+    VariantSummary,
+    WindowFigures,
 )
+from service.stats import p99_rank
 from tuneserve.errors import ConfigError
+from tuneserve.percentiles import fraction, percentiles
+
+StateUpdate = tuple[dict[str, Any], dict[str, Any]]  # a new experiment state and its change
 
 
 @dataclass(frozen=True)
@@ -194,23 +201,49 @@ class Store:
 
     def get_state(self) -> StoredState:
         """The stored experiment state and its version."""
-        with self._lock:
-            row = self.conn.execute("SELECT version, state FROM experiment_state").fetchone()
-        return StoredState(int(row[0]), json.loads(row[1])) if row else StoredState(0, None)
+        for version, state in self._rows("SELECT version, state FROM experiment_state"):
+            return StoredState(int(version), json.loads(state))
+        return StoredState(0, None)
 
     def put_state(
-        self, state: dict[str, Any], change: dict[str, Any], expected_version: int | None = None
+        self,
+        state: dict[str, Any],
+        change: dict[str, Any],
+        expected_version: int | None = None,
+        leader: str | None = None,
     ) -> int | None:
         """Store a new experiment state and its change in the history, atomically; with
-        ``expected_version``, only if the stored state is still that version (else None)."""
+        ``expected_version``, only if the stored state is still that version, and with
+        ``leader``, only while that holder's lease is in force (else None)."""
+
+        def update(current: int, _: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+            if expected_version is not None and current != expected_version:
+                return None
+            return state, change
+
+        written = self.update_state(update, leader)
+        return None if written is None else written.version
+
+    def update_state(
+        self,
+        update: Callable[[int, dict[str, Any] | None], StateUpdate | None],
+        leader: str | None = None,
+    ) -> StoredState | None:
+        """Read, change and write the experiment state in one transaction under the store's
+        write lock, so no other write comes between: ``update(version, state)`` gives the new
+        state and its change for the history (None: write nothing; an exception: roll back and
+        raise it). With ``leader``, only while that holder's lease is in force. The new version
+        and state, or None when nothing was written."""
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                row = self.conn.execute("SELECT version FROM experiment_state").fetchone()
+                row = self.conn.execute("SELECT version, state FROM experiment_state").fetchone()
                 current = int(row[0]) if row else 0
-                if expected_version is not None and current != expected_version:
+                wanted = update(current, json.loads(row[1]) if row else None)
+                if wanted is None or (leader is not None and not self._holds_lease(leader)):
                     self.conn.execute("ROLLBACK")
                     return None
+                state, change = wanted
                 version = current + 1
                 self.conn.execute(
                     "INSERT INTO experiment_state (id, version, state) VALUES (1, ?, ?) "
@@ -226,24 +259,128 @@ class Store:
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
-        return version
+        return StoredState(version, state)
+
+    def leader(self) -> Lease | None:
+        """The experiment leader's lease as stored (None: never taken)."""
+        rows = self._rows("SELECT holder, term, expires_at FROM experiment_leader")
+        return Lease(str(rows[0][0]), int(rows[0][1]), float(rows[0][2])) if rows else None
+
+    def claim_lease(self, holder: str, lease_s: float) -> Lease:
+        """Take or renew the experiment leader's lease for ``holder`` for ``lease_s`` unless
+        another holder's has not run out (by the store's clock), in one transaction under the
+        store's write lock; the lease in force afterwards. A new holder raises the term."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                now = self._clock()
+                row = self.conn.execute(
+                    "SELECT holder, term, expires_at FROM experiment_leader"
+                ).fetchone()
+                if row is not None and row[0] != holder and float(row[2]) > now:
+                    lease = Lease(str(row[0]), int(row[1]), float(row[2]))
+                else:
+                    term = (int(row[1]) if row else 0) + (0 if row and row[0] == holder else 1)
+                    lease = Lease(holder, term, now + lease_s)
+                    self.conn.execute(
+                        "INSERT INTO experiment_leader (id, holder, term, expires_at) "
+                        "VALUES (1, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                        "holder = excluded.holder, term = excluded.term, "
+                        "expires_at = excluded.expires_at",
+                        lease,
+                    )
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        return lease
+
+    def release_lease(self, holder: str) -> None:
+        """End ``holder``'s lease now (if it still holds it), so another worker takes over."""
+        with self._lock:
+            self.conn.execute(
+                "UPDATE experiment_leader SET expires_at = 0 WHERE holder = ?", (holder,)
+            )
+
+    def _holds_lease(self, holder: str) -> bool:
+        """Whether ``holder``'s lease is in force (inside the caller's transaction)."""
+        row = self.conn.execute("SELECT holder, expires_at FROM experiment_leader").fetchone()
+        return row is not None and row[0] == holder and float(row[1]) > self._clock()
+
+    def _clock(self) -> float:
+        """Now by the store's clock (PostgreSQL's, so that replicas' clocks do not matter)."""
+        if self.conn.dialect == "postgresql":
+            return float(self.conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
+                         .fetchone()[0])  # fmt: skip
+        return time.time()
+
+    def window(self, variant: str, since: float, salt: str | None = None) -> WindowFigures:
+        """The guardrail window of ``variant``, store-wide: its experiment requests (not forced,
+        not excluded) stamped at or after ``since``, those that failed, and the p99 latency of
+        the rest (nearest rank, as ``stats.p99``; only the slowest 1% are read)."""
+        where, params = _of_experiment(salt)
+        rows = f"FROM predictions WHERE variant = ? AND ts >= ? AND {_counted()} AND {where}"
+        answered = "error IS NULL OR error = ''"
+        ((total, ok),) = self._rows(
+            f"SELECT COUNT(*), SUM(CASE WHEN {answered} THEN 1 ELSE 0 END) {rows}",
+            (variant, since, *params),
+        )
+        total, ok = int(total), int(ok or 0)
+        if not ok:
+            return WindowFigures(total, total, 0.0)
+        slowest = self._rows(
+            f"SELECT latency_ms {rows} AND ({answered}) ORDER BY latency_ms DESC "
+            f"LIMIT {ok - p99_rank(ok) + 1}",
+            (variant, since, *params),
+        )  # rows written between the two reads move the p99 by a rank at most
+        return WindowFigures(total, total - ok, float(slowest[-1][0]))
 
     def history(self) -> list[HistoryEntry]:
         """Every recorded change, oldest first."""
         rows = self._rows("SELECT ts, change FROM experiment_history ORDER BY id")
         return [HistoryEntry(float(ts), json.loads(change)) for ts, change in rows]
 
-    def traffic_summary(self, since: float, salt: str | None = None) -> list[TrafficCount]:
-        """Every logged request (of the experiment ``salt`` names) counted in the database, by
-        variant, unit, whether stamped at or after ``since``, and whether it failed."""
+    def variant_summary(
+        self, since: float, salt: str | None = None, qs: Sequence[float] = ()
+    ) -> list[VariantSummary]:
+        """Per variant, the logged requests (of the experiment ``salt`` names) counted in the
+        database: the experiment's traffic, the part stamped at or after ``since``, the part
+        that failed, the forced and the excluded; and the nearest-rank percentiles ``qs``
+        (tuneserve.percentiles) of the answered traffic's latencies. PostgreSQL computes them in
+        the same query (``percentile_disc``, the same definition); SQLite has no such aggregate,
+        so there they come from the one Python function over ``latencies``, a second query."""
         where, params = _of_experiment(salt)
-        rows = self._rows(
-            "SELECT variant, unit, CASE WHEN ts >= ? THEN 1 ELSE 0 END, "
-            "CASE WHEN error IS NULL OR error = '' THEN 0 ELSE 1 END, COUNT(*) "
-            f"FROM predictions WHERE {where} GROUP BY 1, 2, 3, 4",
-            (since, *params),
+        fractions = [fraction(q) for q in qs]
+        on_postgres = self.url is not None and bool(qs)
+        percentile_disc = (
+            f", percentile_disc(ARRAY[{', '.join('?' for _ in qs)}]) WITHIN GROUP "
+            f"(ORDER BY latency_ms) FILTER (WHERE {_counted()} AND {_ANSWERED})"
+            if on_postgres
+            else ""
         )
-        return [TrafficCount(str(v), str(u), bool(c), bool(f), int(n)) for v, u, c, f, n in rows]
+        rows = self._rows(
+            f"SELECT variant, SUM(CASE WHEN {_counted()} THEN 1 ELSE 0 END), "
+            f"SUM(CASE WHEN {_counted()} AND ts >= ? THEN 1 ELSE 0 END), "
+            f"SUM(CASE WHEN {_counted()} AND NOT {_ANSWERED} THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN unit = 'forced' THEN 1 ELSE 0 END), "
+            f"SUM(CASE WHEN unit = 'excluded' THEN 1 ELSE 0 END){percentile_disc} "
+            f"FROM predictions WHERE {where} GROUP BY variant",
+            (since, *(fractions if on_postgres else ()), *params),
+        )
+        if on_postgres:
+            latency = {
+                str(row[0]): dict(zip(qs, map(float, row[6]), strict=True))
+                for row in rows
+                if row[6] is not None
+            }
+        else:
+            answered = self.latencies(salt) if qs else {}
+            latency = {v: percentiles(values, qs) for v, values in answered.items()}
+        return [
+            VariantSummary(str(v), int(n), int(now), int(failed), int(forced), int(excluded),
+                           latency.get(str(v), {}))
+            for v, n, now, failed, forced, excluded, *_ in rows
+        ]  # fmt: skip
 
     def latencies(self, salt: str | None = None) -> dict[str, list[float]]:
         """Per variant, the latency in ms of every request of the experiment that was answered
@@ -251,7 +388,7 @@ class Store:
         where, params = _of_experiment(salt)
         rows = self._rows(
             f"SELECT variant, latency_ms FROM predictions WHERE {_counted()} "
-            f"AND (error IS NULL OR error = '') AND {where}",
+            f"AND {_ANSWERED} AND {where}",
             params,
         )
         out: dict[str, list[float]] = {}
@@ -314,6 +451,21 @@ class Store:
         return [ShadowPair(str(a), str(b), str(c), str(d), None if e is None else str(e))
                 for a, b, c, d, e in rows]  # fmt: skip
 
+    def shadow_counts(self) -> list[ShadowCounts]:
+        """Per shadow variant, its scored predictions counted in the database: all, agreeing
+        with the live answer, with a true label, and of these each side's right answers and
+        the pairs only one side got right."""
+        rows = self._rows(
+            "SELECT s.variant, COUNT(*), SUM(CASE WHEN s.live_label = s.label THEN 1 ELSE 0 END), "
+            "COUNT(f.label), SUM(CASE WHEN s.live_label = f.label THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN s.label = f.label THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN s.live_label = f.label AND s.label <> f.label THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN s.label = f.label AND s.live_label <> f.label THEN 1 ELSE 0 END) "
+            "FROM shadow s LEFT JOIN feedback f ON f.prediction_id = s.prediction_id "
+            "GROUP BY s.variant"
+        )
+        return [ShadowCounts(str(row[0]), *map(int, row[1:])) for row in rows]
+
     def count(self, table: str) -> int:
         """Rows in ``predictions``, ``feedback``, ``experiment_history`` or ``shadow``."""
         if table not in ("predictions", "feedback", "experiment_history", "shadow"):
@@ -325,6 +477,9 @@ class Store:
         """Close the connection (or the pool)."""
         with self._lock:
             self.conn.close()
+
+
+_ANSWERED = "(error IS NULL OR error = '')"  # a WHERE clause: the request was answered
 
 
 def _counted(prefix: str = "", include_forced: bool = False) -> str:

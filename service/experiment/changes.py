@@ -30,7 +30,9 @@ def apply_change(
         )
     unknown = set(body) - set(CHANGE_KEYS)
     if unknown:
-        raise InvalidInputError(f"unknown keys {sorted(unknown)}: use {', '.join(CHANGE_KEYS)}")
+        raise InvalidInputError(
+            f"unknown keys {sorted(unknown)}: use {', '.join(CHANGE_KEYS)} (and version)"
+        )
     names = settings.variant_names()
     control = settings.control.name
     weights = dict(state.weights)

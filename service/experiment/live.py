@@ -1,11 +1,15 @@
-"""The live experiment of one worker: the router in force, the stored state it follows, the
-guardrail and sample-ratio checks it runs, and the trips and admin changes it applies.
+"""The live experiment of one worker: the router in force, the stored state it follows, and, on
+the deployment's one leader, the guardrail and sample-ratio decisions.
 
 A background thread polls the stored state's version every STATE_POLL_S and adopts a newer
-state; every ``guardrails.check_interval_s`` it checks this worker's guardrail windows, and every
-STORE_CHECKS_EVERY intervals the checks that read the store (the accuracy guardrail, the
-sample-ratio gauges). A trip or an admin change is written to the store (compare-and-set on the
-version), so every worker follows it and it survives a restart.
+state, so every worker of every replica routes by the newest version within STATE_POLL_S (plus
+one store read); while the store cannot be read it keeps routing by the last state it adopted.
+Every ``guardrails.check_interval_s`` it renews or seeks the leader's lease
+(service/experiment/leader.py); the leader then checks the store-wide guardrail windows, and every
+STORE_CHECKS_EVERY ticks the checks that read the labelled predictions (the accuracy guardrail,
+the sample-ratio gauges). A trip or an admin change is written to the store by compare-and-set
+on the version, so nothing is lost between workers, every worker follows it, and it survives a
+restart.
 """
 
 from __future__ import annotations
@@ -18,25 +22,33 @@ from typing import Any
 
 from service import metrics
 from service.config import ServingConfig
+from service.errors import ConflictError, InvalidInputError
 from service.experiment.changes import apply_change, disable_variant
-from service.experiment.state import ExperimentState, StateRow, fits, initial_state
-from service.guardrails import Guardrails, Trip, enabled_since
+from service.experiment.leader import Leadership
+from service.experiment.state import (
+    Changed,
+    ExperimentState,
+    StateRow,
+    initial_state,
+    starting_state,
+)
+from service.guardrails import Trip, enabled_since, window_trips
 from service.monitors import AccuracyMonitor, TrafficMonitor
-from service.pool import StoreUnavailableError
-from service.routing import Router
+from service.routing import Router, check_weights
 from service.stats import sample_ratio_check
 from service.store import Store
 
 logger = logging.getLogger(__name__)
 
 STATE_POLL_S = 0.5  # how often a worker checks the store for a changed experiment state
-STORE_CHECKS_EVERY = 5  # guardrail intervals between checks that read the store (accuracy, SRM)
+STORE_CHECKS_EVERY = 5  # leader ticks between checks that read the labelled predictions
+CHANGE_ATTEMPTS = 5  # a starting replica's seed is retried this often when others write first
 
 
 class Experiment:
-    """One worker's view of the experiment: state, version, router, guardrails, monitors."""
+    """One worker's view of the experiment: state, version, router, leadership, monitors."""
 
-    def __init__(self, settings: ServingConfig, store: Store) -> None:
+    def __init__(self, settings: ServingConfig, store: Store, holder: str | None = None) -> None:
         self.settings = settings
         self.store = store
         self.row = StateRow(store)
@@ -45,23 +57,15 @@ class Experiment:
         self.router = Router(
             self.state.effective_weights(), control=settings.control.name, salt=self.state.salt
         )
-        challengers = [n for n in settings.variant_names() if n != settings.control.name]
-        self.guardrails = Guardrails(settings.guardrails, challengers)
-        self.accuracy = AccuracyMonitor(
-            settings.control.name,
-            settings.guardrails.accuracy_alpha,
-            settings.experiment.msprt_tau,
-        )
-        self.traffic = TrafficMonitor()
+        self.challengers = [n for n in settings.variant_names() if n != settings.control.name]
+        self.leadership = Leadership(store, settings.guardrails.leader_lease_s, holder)
+        self._new_monitors()
+        self._history: tuple[int, list[Any]] = (-1, [])
         self._rng = random.Random()
-        self._load(seed=True)
+        self._start()
         self._stop_polling = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="tuneserve-state", daemon=True)
         self._poller.start()
-
-    def record(self, variant: str, latency_ms: float, failed: bool) -> None:
-        """Note one routed request in the variant's guardrail window."""
-        self.guardrails.record(variant, latency_ms, failed)
 
     def shadow_for(self, live_variant: str) -> str | None:
         """The shadow variant that should also score this request (sampled at its share)."""
@@ -69,16 +73,33 @@ class Experiment:
         shadow = state.shadow_variant
         if not shadow or shadow == live_variant or state.shadow_share <= 0:
             return None
-        if self._rng.random() >= state.shadow_share:
+        if shadow not in self.router.shares or self._rng.random() >= state.shadow_share:
             return None
         return shadow
 
     def change(self, body: Any) -> dict[str, Any]:
-        """Apply an admin change: validated, stored (with history), adopted here at once."""
-        state, change = apply_change(self.state, body, self.settings)
-        version = self.row.write(state, change) or 0
-        self._apply(state, version)
-        logger.info("experiment state changed to version %d", version)
+        """Apply an admin change to the newest stored state and store it (with history), with
+        no other write between (the store's write lock).
+
+        With ``"version"`` in the body, only if that is still the stored version (409 names the
+        current one); without it the change is applied to whatever state is newest, so
+        concurrent changes on two replicas both take effect, one after the other."""
+        body, based_on = _split_version(body)
+
+        def update(version: int, stored: ExperimentState | None) -> Changed:
+            if based_on is not None and version != based_on:
+                raise ConflictError(
+                    f"the experiment state is at version {version}, not {based_on}: read it "
+                    "(GET /ab/config) and send the change again based on it",
+                    headers={"X-Experiment-Version": str(version)},
+                )
+            return apply_change(stored or self.state, body, self.settings)
+
+        written = self.row.update(update)
+        if written is None or written.state is None:  # update never declines: not reached
+            raise ConflictError("the experiment state could not be changed: send it again")
+        self._apply(written.state, written.version)
+        logger.info("experiment state changed to version %d", written.version)
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
@@ -90,79 +111,140 @@ class Experiment:
         }
 
     def close(self) -> None:
-        """Stop polling the store."""
+        """Stop polling the store; give up the leader's lease, so another worker takes over."""
         self._stop_polling.set()
         self._poller.join(2)
+        try:
+            self.leadership.release()
+        except Exception as exc:  # the store is away: the lease runs out by itself
+            logger.warning("could not release the experiment leader lease: %s", type(exc).__name__)
 
-    def _load(self, seed: bool = False) -> None:
-        """Adopt the stored experiment state (seeding it from the config on first start)."""
-        version, state = self.row.read()
-        if state is None or not fits(state, self.settings):
-            if not seed:
+    def _start(self) -> None:
+        """Adopt the stored state, or write this config's (nothing stored, or a newer revision)."""
+        for _ in range(CHANGE_ATTEMPTS):
+            version, stored = self.row.read()
+            start = starting_state(stored, self.settings)
+            if start.warning:
+                logger.warning("%s", start.warning)
+            if stored is not None and not start.write:
+                self._apply(stored, version)
                 return
-            if state is not None:
-                logger.warning("the serving config changed since the stored experiment state: "
-                               "starting from the config")  # fmt: skip
             fresh = initial_state(self.settings)
-            seeded = self.row.write(fresh, {"by": "config"}, version)
-            if seeded is None:  # another worker seeded it first: adopt that one
-                self._load(seed=True)
+            change = {"by": "config", "revision": fresh.revision}
+            written = self.row.write(fresh, change, version)
+            if written is not None:
+                self._apply(fresh, written)
                 return
-            state, version = fresh, seeded
-        self._apply(state, version)
+        self._follow()  # others kept writing: follow whatever is newest
+
+    def _follow(self) -> None:
+        """Adopt the stored state if it is not the one in force."""
+        version, state = self.row.read()
+        if state is not None and version != self.version:
+            self._apply(state, version)
 
     def _apply(self, state: ExperimentState, version: int) -> None:
         self.router = Router(
-            state.effective_weights(),
+            self._routable(state),
             control=self.settings.control.name,
             salt=state.salt,
             coverage=state.coverage,
         )
-        for name in set(self.state.disabled) - set(state.disabled):
-            self.guardrails.reset(name)  # back in rotation: judged afresh
         self.state, self.version = state, version
         for name, share in self.router.shares.items():
             metrics.WEIGHT.labels(variant=name).set(share)
             metrics.VARIANT_ENABLED.labels(variant=name).set(0 if name in state.disabled else 1)
+        metrics.EXPERIMENT_STATE_VERSION.set(version)
         logger.info("using experiment state version %d: shares %s", version, self.router.shares)
 
+    def _routable(self, state: ExperimentState) -> dict[str, float]:
+        """The state's weights of the variants served here (a state grown from another config,
+        during a rolling update, may name others: they get no traffic from this replica)."""
+        weights = state.effective_weights()
+        served = {name: weights.get(name, 0.0) for name in self.settings.variant_names()}
+        if set(weights) != set(served):
+            logger.warning(
+                "experiment state names variants %s, this replica serves %s: routing among "
+                "those served", sorted(weights), sorted(served),
+            )  # fmt: skip
+        try:
+            check_weights(served, self.settings.control.name)
+        except ValueError:
+            return {name: float(name == self.settings.control.name) for name in served}
+        return served
+
     def _poll(self) -> None:
-        """Adopt state changes; check the guardrails and the sample ratio now and then."""
+        """Adopt state changes; tick the leadership, and decide as the leader."""
         interval_s = self.settings.guardrails.check_interval_s
-        next_window = next_store = time.monotonic() + interval_s
+        next_tick = time.monotonic()
+        ticks, failing = 0, False
         while not self._stop_polling.wait(min(STATE_POLL_S, interval_s)):
             try:
                 if self.row.version() != self.version:
-                    self._load()
+                    self._follow()
                 now = time.monotonic()
-                if now >= next_window:
-                    next_window = now + interval_s
-                    self._check_window()
-                if now >= next_store:
-                    next_store = now + interval_s * STORE_CHECKS_EVERY
-                    self._check_store()
-            except StoreUnavailableError:
-                pass  # said once by the store's health (service/pool.py); retried next time
+                if now >= next_tick:
+                    next_tick = now + interval_s
+                    ticks = self._tick(ticks)
+                if failing:
+                    failing = False
+                    logger.info("experiment state poll works again: version %d", self.version)
             except Exception as exc:  # a busy or failing store must not stop the poller
-                logger.warning("experiment state poll failed: %s", type(exc).__name__)
+                if not failing:  # once per outage, not twice a second
+                    failing = True
+                    logger.warning("experiment state poll failed: %s; routing by version %d "
+                                   "until the store answers", type(exc).__name__,
+                                   self.version)  # fmt: skip
 
-    def _check_window(self) -> None:
-        if self.settings.guardrails.enabled:
-            for trip in self.guardrails.check(skip=self.state.disabled):
+    def _tick(self, ticks: int) -> int:
+        """Renew or seek the lease; as the leader, decide. The leader's ticks so far."""
+        was_leader = self.leadership.is_leader
+        if not self.leadership.tick():
+            return 0
+        if not was_leader:  # new to the job: judge afresh from the whole store
+            self._new_monitors()
+            ticks = 0
+        self._check_windows()
+        if ticks % STORE_CHECKS_EVERY == 0:
+            self._check_store()
+        return ticks + 1
+
+    def _new_monitors(self) -> None:
+        self.accuracy = AccuracyMonitor(
+            self.settings.control.name,
+            self.settings.guardrails.accuracy_alpha,
+            self.settings.experiment.msprt_tau,
+        )
+        self.traffic = TrafficMonitor()
+
+    def _changes(self) -> list[Any]:
+        """The history of state changes (read again only when the version moved on)."""
+        if self._history[0] != self.version:
+            self._history = (self.version, self.store.history())
+        return self._history[1]
+
+    def _since(self) -> dict[str, float]:
+        """Each challenger in rotation -> when it was last put back (0: never taken out)."""
+        history = self._changes()
+        return {name: enabled_since(history, name)
+                for name in self.challengers if name not in self.state.disabled}  # fmt: skip
+
+    def _check_windows(self) -> None:
+        """The leader's error-rate and latency checks, on every replica's logged requests."""
+        guard = self.settings.guardrails
+        if guard.enabled:
+            for trip in window_trips(
+                self.store, guard, self._since(), self.state.salt, time.time()
+            ):
                 self._trip(trip)
 
     def _check_store(self) -> None:
-        """The checks that read the store: accuracy guardrail, sample-ratio gauges."""
+        """The leader's checks that read labelled predictions: accuracy, sample-ratio gauges."""
         guard = self.settings.guardrails
-        history = self.store.history()
         if guard.enabled and guard.accuracy:
-            since = {  # put back by the admin: judged afresh, on what it answered since
-                name: enabled_since(history, name)
-                for name in self.guardrails.windows
-                if name not in self.state.disabled
-            }
-            for trip in self.accuracy.check(self.store, self.state.salt, since):
+            for trip in self.accuracy.check(self.store, self.state.salt, self._since()):
                 self._trip(trip)
+        history = self._changes()
         since_change = history[-1].ts if history else 0.0  # the split is judged since then
         srm = sample_ratio_check(
             self.traffic.counts(self.store, self.state.salt, since_change), self.router.shares
@@ -171,18 +253,32 @@ class Experiment:
         metrics.SAMPLE_RATIO_MISMATCH.set(int(srm.mismatch))
 
     def _trip(self, trip: Trip) -> None:
-        """Take a challenger out of rotation: stored (so every worker follows), logged, counted."""
-        for _ in range(3):  # compare-and-set against concurrent admin changes or other workers
-            version, stored = self.row.read()
+        """Take a challenger out of rotation: stored while this worker leads (so every worker
+        follows, and a deposed leader cannot), logged, counted."""
+
+        def update(_: int, stored: ExperimentState | None) -> Changed | None:
             state = stored or self.state
             if trip.variant in state.disabled:
-                return
-            reason = {"kind": trip.kind, "detail": trip.detail}
-            new_state, change = disable_variant(state, trip.variant, reason)
-            new_version = self.row.write(new_state, change, version)
-            if new_version is not None:
-                metrics.GUARDRAIL_TRIPS.labels(variant=trip.variant, kind=trip.kind).inc()
-                logger.warning("guardrail: %s taken out of rotation (%s: %s)", trip.variant,
-                               trip.kind, trip.detail)  # fmt: skip
-                self._apply(new_state, new_version)
-                return
+                return None  # already out (the admin, or an earlier trip)
+            return disable_variant(state, trip.variant, {"kind": trip.kind, "detail": trip.detail})
+
+        written = self.row.update(update, leader=self.leadership.holder)
+        if written is None or written.state is None:
+            if trip.variant not in (self.row.read().state or self.state).disabled:
+                self.leadership.lost()  # not written, not out: the lease ran out meanwhile
+            return
+        metrics.GUARDRAIL_TRIPS.labels(variant=trip.variant, kind=trip.kind).inc()
+        logger.warning("guardrail: %s taken out of rotation (%s: %s)", trip.variant, trip.kind,
+                       trip.detail)  # fmt: skip
+        self._apply(written.state, written.version)
+
+
+def _split_version(body: Any) -> tuple[Any, int | None]:
+    """A change body without its ``"version"``, and that version (None when absent)."""
+    if not isinstance(body, dict) or "version" not in body:
+        return body, None
+    rest = {k: v for k, v in body.items() if k != "version"}
+    version = body["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidInputError("version must be a positive integer (from GET /ab/config)")
+    return rest, version

@@ -1,19 +1,25 @@
 """The experiment state (weights, salt, coverage, shadow, disabled variants) and its stored row.
 
-The state lives in the store, so a change made through any worker reaches every worker (each
-polls the row's version; service/experiment/live.py) and survives restarts. ``StateRow`` is the
-only code that reads or writes it: a shared row with a leader would replace it alone.
+The state lives in the store as one row with a version that every write raises by one, so a
+change made through any worker of any replica reaches them all (each polls the version;
+service/experiment/live.py) and survives restarts. ``StateRow`` is the only code that reads or
+writes it. Which state a starting replica uses is ``starting_state``'s rule: the stored one,
+unless the replica's config carries a higher ``experiment.revision`` than the stored state grew
+from; so during a rolling update old pods never write their older state back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from service.config import ServingConfig
-from service.store import Store
+from service.store import StateUpdate, Store
+
+Changed = tuple["ExperimentState", dict[str, Any]]  # a new state and the change that made it
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,7 @@ class ExperimentState:
     coverage: float = 1.0
     shadow_variant: str = ""
     shadow_share: float = 0.0
+    revision: int = 0  # experiment.revision of the config it grew from
 
     def effective_weights(self) -> dict[str, float]:
         """The weights routing uses: a disabled variant gets no traffic."""
@@ -40,6 +47,7 @@ class ExperimentState:
             "shadow": {"variant": self.shadow_variant, "share": self.shadow_share},
             "disabled": list(self.disabled),
             "origin": self.origin,
+            "revision": self.revision,
         }
 
     @classmethod
@@ -53,6 +61,7 @@ class ExperimentState:
             float(data.get("coverage", 1.0)),
             str(shadow.get("variant", "")),
             float(shadow.get("share", 0.0)),
+            int(data.get("revision", 0)),
         )
 
 
@@ -63,15 +72,53 @@ def initial_state(settings: ServingConfig) -> ExperimentState:
     shadow = settings.shadow
     fingerprint = [weights, salt, coverage, shadow.variant, shadow.share]
     origin = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    return ExperimentState(weights, salt, (), origin, coverage, shadow.variant, shadow.share)
+    revision = settings.experiment.revision
+    return ExperimentState(
+        weights, salt, (), origin, coverage, shadow.variant, shadow.share, revision
+    )
 
 
 def fits(state: ExperimentState, settings: ServingConfig) -> bool:
-    """Whether a stored state grew from this serving config (else the config wins on start).
+    """Whether a stored state grew from this serving config's experiment definition (same
+    revision and the same weights, salt, coverage and shadow)."""
+    fresh = initial_state(settings)
+    return (state.revision, state.origin) == (fresh.revision, fresh.origin)
 
-    So admin changes survive a restart with the same config; editing the config's weights,
-    salt, coverage or shadow starts from the config again."""
-    return state.origin == initial_state(settings).origin
+
+class Start(NamedTuple):
+    """What a starting replica does with the stored state: ``write`` its config's state (nothing
+    stored yet, or its revision is newer), or follow the stored one; ``warning`` says why a
+    config that differs from the stored state is not used (empty when it is no news)."""
+
+    write: bool
+    warning: str
+
+
+def starting_state(stored: ExperimentState | None, settings: ServingConfig) -> Start:
+    """The start-up rule: the stored state wins unless this config's revision is newer.
+
+    The same revision with another definition (the config was edited without bumping
+    ``experiment.revision``) follows the stored state too, and says so: two configs of one
+    revision cannot tell which is newer, and letting either win would make the pods of a
+    rolling update overwrite each other's state back and forth."""
+    if stored is None:
+        return Start(True, "")
+    fresh = initial_state(settings)
+    if fresh.revision > stored.revision:
+        return Start(True, "")
+    if fresh.revision < stored.revision:
+        return Start(False, (
+            f"this replica's serving config has experiment.revision {fresh.revision}, older than "
+            f"the stored experiment state's {stored.revision}: following the stored state (roll "
+            "this replica forward to the newer config)"
+        ))  # fmt: skip
+    if fresh.origin != stored.origin:
+        return Start(False, (
+            "the serving config's experiment (weights, salt, coverage or shadow) differs from the "
+            f"stored state of the same experiment.revision {fresh.revision}: following the stored "
+            f"state; set experiment.revision = {fresh.revision + 1} to start from the config"
+        ))  # fmt: skip
+    return Start(False, "")
 
 
 class VersionedState(NamedTuple):
@@ -103,10 +150,31 @@ class StateRow:
         state: ExperimentState,
         change: dict[str, Any],
         expected_version: int | None = None,
+        leader: str | None = None,
     ) -> int | None:
         """Store ``state`` and record ``change``; with ``expected_version``, only if the stored
-        state is still that version. The new version, or None when another write came first."""
-        return self.store.put_state(state.to_json(), change, expected_version)
+        state is still that version, and with ``leader``, only while that holder's lease is in
+        force. The new version, or None when another write came first (or the lease ran out)."""
+        return self.store.put_state(state.to_json(), change, expected_version, leader)
+
+    def update(
+        self,
+        update: Callable[[int, ExperimentState | None], Changed | None],
+        leader: str | None = None,
+    ) -> VersionedState | None:
+        """Read, change and write the state with no other write between (the store's write
+        lock): ``update(version, state)`` gives the new state and its change, or None to leave
+        it; an exception it raises rolls back. The new version and state, or None when nothing
+        was written (``update`` said so, or ``leader``'s lease is not in force)."""
+
+        def on_json(version: int, data: dict[str, Any] | None) -> StateUpdate | None:
+            wanted = update(version, ExperimentState.from_json(data) if data else None)
+            return None if wanted is None else (wanted[0].to_json(), wanted[1])
+
+        written = self.store.update_state(on_json, leader)
+        if written is None or written.state is None:
+            return None
+        return VersionedState(written.version, ExperimentState.from_json(written.state))
 
 
 def read_state(store: Store, settings: ServingConfig) -> ExperimentState:

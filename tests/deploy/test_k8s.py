@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from service.config import CONFIG_ENV, ServingConfig, load_serving_config
+from service.experiment.live import Experiment
 from service.predictor import Predictor
 from service.predlog import PredictionLog
 from service.shadow import ShadowScorer
@@ -220,14 +221,17 @@ def test_custom_metric_is_one_the_service_exports_and_the_adapter_serves() -> No
 
 def _drain_s() -> float:
     """The service's worst-case time from SIGTERM to exit: requests in flight (bounded by the
-    Deployment's --timeout-graceful-shutdown), then Predictor.close: the state poller's join,
-    the shadow scorer (enqueue + join, each with its timeout) and the prediction log's flush."""
+    Deployment's --timeout-graceful-shutdown), then Predictor.close: the experiment's state
+    poller's join, the shadow scorer (enqueue + join, each with its timeout) and the prediction
+    log's flush."""
+    closes = inspect.getsource(Predictor.close)
+    assert "self.experiment.close()" in closes, "Predictor.close no longer closes the experiment"
     args = _container()["args"]
     in_flight = float(args[args.index("--timeout-graceful-shutdown") + 1])
     poller = re.search(
-        r"self\._poller\.join\((\d+(?:\.\d+)?)\)", inspect.getsource(Predictor.close)
+        r"self\._poller\.join\((\d+(?:\.\d+)?)\)", inspect.getsource(Experiment.close)
     )
-    assert poller, "Predictor.close no longer joins the poller with a literal timeout: update this"
+    assert poller, "Experiment.close no longer joins the poller with a literal timeout: update this"
     shadow = inspect.signature(ShadowScorer.close).parameters["timeout_s"].default
     log = inspect.signature(PredictionLog.close).parameters["timeout_s"].default
     return in_flight + float(poller.group(1)) + 2 * shadow + log

@@ -41,6 +41,21 @@ def test_key_from_env_or_a_private_file(tmp_path: Path, monkeypatch: pytest.Monk
         load_key("TEST_ID_KEY", path)
 
 
+def test_a_shared_store_requires_the_key_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "id.key"
+    monkeypatch.delenv("TEST_ID_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"Set TEST_ID_KEY to the same secret on every replica"):
+        load_key("TEST_ID_KEY", path, shared=True)
+    assert not path.exists()  # no per-host file made behind the operator's back
+    monkeypatch.setenv("TEST_ID_KEY", "too-short")
+    with pytest.raises(ConfigError, match=r"too short \(9 characters, at least 16\)"):
+        load_key("TEST_ID_KEY", path, shared=True)
+    monkeypatch.setenv("TEST_ID_KEY", "a-shared-secret-for-all-replicas\n")  # a Secret's newline
+    assert load_key("TEST_ID_KEY", path, shared=True) == b"a-shared-secret-for-all-replicas"
+
+
 def _load(path: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     queue.put(load_key("TEST_ID_KEY_UNSET", Path(path)))
 

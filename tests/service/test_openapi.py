@@ -94,7 +94,7 @@ def test_every_error_answer_has_the_error_shape_and_its_codes(document: dict[str
         ("post", "/predict"): {"400", "413", "429", "503", "504"},
         ("post", "/predict_batch"): {"400", "413", "429", "503", "504"},
         ("post", "/feedback"): {"400", "404", "413", "429", "503"},
-        ("put", "/ab/config"): {"400", "401", "403", "413", "429", "503"},
+        ("put", "/ab/config"): {"400", "401", "403", "409", "413", "429", "503"},
         ("get", "/ab/report"): {"400", "503"},
     }
     for (method, path), codes in expected.items():
@@ -111,7 +111,7 @@ def test_every_error_answer_has_the_error_shape_and_its_codes(document: dict[str
     error = document["components"]["schemas"]["Error"]
     assert error["required"] == ["error", "kind", "status"]
     kinds = {"invalid_input", "unauthorized", "forbidden", "not_found", "too_large",
-             "overloaded", "unavailable", "deadline"}  # fmt: skip
+             "overloaded", "unavailable", "deadline", "conflict"}  # fmt: skip
     assert kinds <= set(error["properties"]["kind"]["enum"])
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from service.stats import two_proportion_test
 from service.store import Store
 from tests.service.conftest import free_port, write_serving_config
 from tuneserve.cli import main
+from tuneserve.percentiles import percentiles
 
 
 def _fill(
@@ -41,6 +43,11 @@ def _fill(
     store.log_predictions(rows)
     for pid, label in feedback:
         store.add_feedback(pid, label)
+
+
+def _latency(values: list[float]) -> dict[str, float]:
+    """The report's latency figures of ``values``, from the one percentile function."""
+    return {f"p{q}": v for q, v in percentiles(values, (50, 95, 99)).items()}
 
 
 @pytest.fixture
@@ -70,7 +77,9 @@ def test_report_finds_the_better_model(
     assert comparison["p_value"] == pytest.approx(expected.p_value)
     assert comparison["p_value"] < 0.01 and comparison["always_valid_p_value"] < 0.05
     assert comparison["verdict"].startswith("tuned better than baseline by ")
-    assert by_name["baseline"]["latency_ms"]["p50"] == pytest.approx(24.5)
+    # latencies 0..49 ms, 30 requests each: nearest rank, observed values, never interpolated
+    assert by_name["baseline"]["latency_ms"] == {"p50": 24.0, "p95": 47.0, "p99": 49.0}
+    assert by_name["tuned"]["latency_ms"] == _latency([i % 50 for i in range(1500)])
     assert not report["sample_ratio"]["mismatch"]
     text = format_report(report)
     assert "verdict: tuned better" in text and "sample ratio" in text
@@ -189,7 +198,7 @@ def test_report_counts_errors_and_excluded_traffic(
     by_name = {v["variant"]: v for v in build_report(store, settings)["variants"]}
     assert by_name["tuned"]["errors"] == 25 and by_name["tuned"]["traffic"] == 125
     assert by_name["tuned"]["error_rate"] == pytest.approx(0.2)
-    assert by_name["tuned"]["latency_ms"]["p99"] < 2000  # failed requests have no latency row
+    assert by_name["tuned"]["latency_ms"]["p99"] == 49.0  # failed requests have no latency row
     assert by_name["baseline"]["excluded"] == 30 and by_name["baseline"]["traffic"] == 100
     assert by_name["baseline"]["labelled"] == 100 and by_name["baseline"]["error_rate"] == 0
 
@@ -239,3 +248,50 @@ def test_verdict_words_for_each_case() -> None:
     done = base | {"labelled": {"control": 7000, "challenger": 7000}}
     flat = verdict("tuned", "baseline", done | {"p_value": 0.3, "always_valid_p_value": 1.0}, 0.05)
     assert flat.startswith("no significant difference between tuned and baseline: +7.5 points")
+
+
+def test_report_reads_the_store_in_five_queries_and_no_latency_rows_on_postgres(
+    new_store: Callable[[], Path | str],
+    settings,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The experiment state, its history, per-variant counts with latency percentiles, the
+    labelled predictions (the always-valid test needs them in order), shadow counts; SQLite
+    has no percentile_disc and reads the answered latencies in one more query."""
+    store = Store(new_store())
+    _fill(store, {"baseline": (100, 0.8), "tuned": (100, 0.9)}, forced=10)
+    unlabelled = [{"id": f"u{i}", "ts": 1e6 + i, "variant": ["baseline", "tuned"][i % 2],
+                   "model_version": "m", "unit": "user", "unit_hash": "h", "forced": 0,
+                   "label": "positive", "score": 0.9, "latency_ms": float(i % 7)}
+                  for i in range(2000)]  # fmt: skip
+    store.log_predictions(unlabelled)
+    store.record_change({"by": "admin", "weights": {"baseline": 0.5, "tuned": 0.5}})
+    reads: list[tuple[str, int]] = []
+    rows = Store._rows
+
+    def counted(self: Store, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        found = rows(self, statement, params)
+        reads.append((statement, len(found)))
+        return found
+
+    executed: list[str] = []
+    execute = store.conn.execute
+
+    def every(statement: str, params: Sequence[Any] = ()) -> Any:
+        executed.append(statement)
+        return execute(statement, params)
+
+    monkeypatch.setattr(Store, "_rows", counted)
+    monkeypatch.setattr(store.conn, "execute", every)
+    report = build_report(store, settings)
+    on_postgres = store.url is not None
+    assert len(reads) == (5 if on_postgres else 6), [statement for statement, _ in reads]
+    assert executed == [statement for statement, _ in reads]  # no statement bypasses _rows
+    # every row read is a labelled prediction, a history entry or a per-variant figure; only
+    # SQLite reads the answered latencies (2200 rows) to take their percentiles in Python
+    latency_rows = 0 if on_postgres else 2200
+    assert sum(n for _, n in reads) == 200 + 1 + 2 + latency_rows
+    by_name = {v["variant"]: v for v in report["variants"]}
+    expected = [float(i % 50) for i in range(100)] + [float(i % 7) for i in range(0, 2000, 2)]
+    assert by_name["baseline"]["latency_ms"] == _latency(expected)
+    assert by_name["baseline"]["traffic"] == 1100 and by_name["tuned"]["forced"] == 10

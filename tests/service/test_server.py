@@ -203,7 +203,7 @@ def test_cli_serve_try_out_prints_a_table_per_variant(
     argv = ["serve", "--config", str(config), "--port", str(free_port()), "--try", "30"]
     assert main([*argv, "--texts", str(texts)]) == 0
     out = capsys.readouterr().out
-    assert "30 sentences" in out and ", 0 failed" in out
+    assert "30 texts" in out and ", 0 failed" in out
     assert "baseline" in out and "tuned" in out
     assert "feedback: 30 of 30 true labels stored" in out and "verdict:" in out
     assert main([*argv, "--texts", str(tmp_path / "absent.tsv")]) == 1

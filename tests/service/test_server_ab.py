@@ -53,11 +53,14 @@ def test_a_guardrail_trip_reaches_both_workers(
     metrics = httpx.get(f"{server.url}/metrics").text
     assert metric_value(metrics, "tuneserve_guardrail_trips_total", variant="tuned") >= 1
     assert metric_value(metrics, "tuneserve_variant_enabled", variant="tuned") == 0
+    assert metric_value(metrics, "tuneserve_experiment_leader") == 1  # one of the two workers
+    assert metric_value(metrics, "tuneserve_experiment_state_version") >= 2
     report = httpx.get(f"{server.url}/ab/report").json()
     assert [t["kind"] for t in report["guardrail_trips"]][:1] == ["p99_latency"]
     server.stop()
     log = server.log.read_text()
     assert "guardrail: tuned taken out of rotation (p99_latency" in log
+    assert log.count("experiment leader: this worker") >= 1  # the leader said so
     # each worker ends on the tripped state (it adopted or made the change)
     for worker in ("tuneserve:1]", "tuneserve:2]"):
         assert any(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import threading
 import time
@@ -41,8 +42,10 @@ def _report_counts(url: str) -> tuple[int, int]:
 
 
 def test_a_server_keeps_its_experiment_in_postgresql(
-    tmp_path: Path, tiny_exports: dict[str, Path], pg_url: Callable[[], str], start_server: Any
-) -> None:
+    tmp_path: Path, tiny_exports: dict[str, Path], pg_url: Callable[[], str], start_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("TUNESERVE_ID_KEY", secrets.token_hex(32))  # required with PostgreSQL
     url = pg_url()
     server = start_server(_config(tmp_path, tiny_exports, workers=2, store={"url": url}))
     bodies = [{"text": t, "user_id": f"user-{i}"} for i, t in enumerate(TEXTS)]

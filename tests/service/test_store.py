@@ -7,6 +7,7 @@ server ($TUNESERVE_TEST_PG_URL; skipped without one, failed under CI=true).
 from __future__ import annotations
 
 import multiprocessing
+import random
 import re
 import sqlite3
 import time
@@ -22,7 +23,8 @@ from service.predlog import PredictionLog
 from service.schema import MIGRATIONS, SCHEMA_VERSION
 from service.store import Store, unit_hash
 from tests.service.conftest import free_port
-from tuneserve.errors import ConfigError
+from tuneserve.errors import ConfigError, DataError
+from tuneserve.percentiles import percentiles
 
 NewStore = Callable[[], Path | str]
 
@@ -88,9 +90,69 @@ def test_every_statistics_query_tells_the_units_apart_alike(new_store: NewStore)
     assert [(o.variant, o.correct) for o in outcomes] == [("tuned", True)] * 2
     assert [row.ts for row in store.labelled(salt="s")] == [t0, t0 + 1]
     assert [row.ts for row in store.labelled(include_forced=True, salt="s")] == [t0, t0 + 1, t0 + 2]
-    summary = {(c.unit, c.current): c.requests for c in store.traffic_summary(t0 + 1, "s")}
-    assert summary == {("user", False): 1, ("request", True): 1, ("forced", True): 1,
-                       ("excluded", True): 1}  # fmt: skip
+    # traffic user + request, current: the request row (at since), forced and excluded 1 each
+    assert store.variant_summary(t0 + 1, "s", (50, 100)) == [
+        ("tuned", 2, 1, 0, 1, 1, {50: 5.0, 100: 5.0})
+    ]
+    store.close()
+
+
+def test_latency_percentiles_are_the_one_definitions_on_both_backends(new_store: NewStore) -> None:
+    """PostgreSQL computes the report's percentiles in SQL (percentile_disc), SQLite in Python:
+    both give tuneserve.percentiles' figures of the answered traffic's latencies, exactly."""
+    store = Store(new_store())
+    rng = random.Random(7)
+    qs = (0, 0.1, 7, 50, 95, 99, 99.9, 100)
+    sizes = {"a": 1000, "b": 100, "c": 1, "d": 37}  # 99.9 of 1000 and 7 of 100: exact ranks
+    rows, expected = [], {}
+    for variant, n in sizes.items():
+        latencies = [float(rng.choice([1, 2, 2, 3])) if variant == "d" else rng.expovariate(0.05)
+                     for _ in range(n)]  # fmt: skip
+        expected[variant] = percentiles(latencies, qs)
+        rows += [_row(i) | {"id": f"{variant}{i}", "variant": variant, "latency_ms": lat,
+                            "salt": "s"} for i, lat in enumerate(latencies)]  # fmt: skip
+        left_out = [{"unit": "forced", "forced": 1}, {"unit": "excluded"}, {"error": "deadline"},
+                    {"salt": "another"}]  # fmt: skip
+        rows += [_row(i) | {"id": f"{variant}-out{i}", "variant": variant, "latency_ms": 1e6,
+                            "salt": "s"} | extra for i, extra in enumerate(left_out)]  # fmt: skip
+    rows += [_row(1) | {"id": "e1", "variant": "e", "error": "internal", "salt": "s"}]
+    store.log_predictions(rows)
+    summary = {row.variant: row for row in store.variant_summary(0.0, "s", qs)}
+    for variant, n in sizes.items():
+        assert summary[variant].latency_ms == expected[variant], variant
+        assert (summary[variant].traffic, summary[variant].errors) == (n + 1, 1)
+        assert (summary[variant].forced, summary[variant].excluded) == (1, 1)
+    assert summary["a"].latency_ms[99.9] < summary["a"].latency_ms[100]  # rank 999, not 1000
+    assert summary["e"].latency_ms == {} and summary["e"].errors == 1  # nothing answered
+    unsalted = {row.variant: row for row in store.variant_summary(0.0, None, (100,))}
+    assert unsalted["a"].latency_ms == {100: 1e6}  # every experiment's rows, when no salt given
+    with pytest.raises(DataError, match="a percentile must be from 0 to 100, got 101"):
+        store.variant_summary(0.0, "s", (101,))
+    store.close()
+
+
+def test_shadow_counts_add_up_the_pairs(new_store: NewStore) -> None:
+    store = Store(new_store())
+    labels = ["negative", "positive"]
+    shadow = []
+    for i in range(40):
+        live, own = labels[i % 2], labels[(i // 2) % 2]
+        shadow.append({"prediction_id": f"p{i}", "ts": 1.0, "variant": f"s{i % 3}",
+                       "model_version": "m", "live_variant": "base", "live_label": live,
+                       "label": own, "score": 0.5, "latency_ms": 1.0})  # fmt: skip
+        if i % 5:
+            store.add_feedback(f"p{i}", labels[(i // 4) % 2])
+    store.log_rows("shadow", shadow)
+    for counts in store.shadow_counts():
+        pairs = [p for p in store.shadow_pairs() if p.variant == counts.variant]
+        known = [p for p in pairs if p.truth is not None]
+        assert counts == (
+            counts.variant, len(pairs), sum(p.live_label == p.label for p in pairs), len(known),
+            sum(p.live_label == p.truth for p in known), sum(p.label == p.truth for p in known),
+            sum(p.live_label == p.truth != p.label for p in known),
+            sum(p.label == p.truth != p.live_label for p in known),
+        )  # fmt: skip
+    assert sorted(c.variant for c in store.shadow_counts()) == ["s0", "s1", "s2"]
     store.close()
 
 
