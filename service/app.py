@@ -18,6 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ParamSpec, TypeVar, cast
 
+import anyio
 import bentoml
 from pydantic import Field
 from starlette.applications import Starlette
@@ -313,7 +314,9 @@ class ReadinessBody:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/readyz" and scope["method"] == "GET":
             predictor = getattr(routes.state, "predictor", None)
-            if predictor is not None and await asyncio.to_thread(_is_ready, predictor):
+            # anyio's threads, as BentoML's own readiness check: not the default executor that
+            # feedback waits in (an outage must not slow the probe)
+            if predictor is not None and await anyio.to_thread.run_sync(_is_ready, predictor):
                 await JSONResponse({"ready": True} | HEALTH.status())(scope, receive, send)
                 return
         await self.app(scope, receive, send)
