@@ -1,7 +1,8 @@
 """The BentoML service: its endpoints, their one error path, and its OpenAPI document.
 
 POST /predict, /predict_batch, /feedback; GET /models, /ab/report, /docs.json; GET and PUT
-/ab/config; BentoML's own /livez, /readyz, /metrics.
+/ab/config; BentoML's own /livez and /metrics, and /readyz (with the store's health in its body
+once ready).
 
 Start it with ``bentoml serve service.app:Tuneserve`` (or ``make serve``). The serving config is
 read when this module is imported, from ``$TUNESERVE_SERVING_CONFIG`` or configs/serving.toml, and
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ParamSpec, TypeVar, cast
 
+import anyio
 import bentoml
 from pydantic import Field
 from starlette.applications import Starlette
@@ -28,11 +30,13 @@ from service.config import ServingConfig, load_serving_config
 from service.dialect import is_url
 from service.errors import InvalidInputError, ServiceError, UnavailableError
 from service.experiment.changes import check_token
+from service.health import HEALTH
 from service.ids import load_key
 from service.logs import install_request_text_filter, install_service_logging
 from service.middleware import GuardMiddleware
 from service.model import read_export
 from service.openapi import REPORT_FORMATS, openapi_document
+from service.pool import StoreUnavailableError
 from service.predictor import Predictor
 from service.report import build_report, format_report
 from service.report_page import render_page
@@ -65,11 +69,21 @@ def error_response(_: Request, exc: Exception) -> Response:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
+def store_unavailable_response(request: Request, _: Exception) -> Response:
+    """A store that cannot be reached, wherever it was needed (the report, the admin API): 503."""
+    retry_after_s = SETTINGS.store.retry_after_s
+    message = f"the experiment store cannot be reached right now; retry after {retry_after_s} s"
+    return error_response(request, UnavailableError(message, retry_after_s=retry_after_s))
+
+
 # The one exception-handler table: the mounted app's routes raise and Starlette answers from it;
 # the BentoML endpoints, which BentoML would answer with a 500, answer from it by
 # ``answers_errors``. Errors of other layers (BentoML's validation, Starlette's 404/405) are put
 # into the same shape by service/middleware.py.
-ERROR_HANDLERS: dict[Any, Callable[[Request, Exception], Response]] = {ServiceError: error_response}
+ERROR_HANDLERS: dict[Any, Callable[[Request, Exception], Response]] = {
+    ServiceError: error_response,
+    StoreUnavailableError: store_unavailable_response,
+}
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -218,8 +232,7 @@ class Tuneserve:
         self.predictor.start_warm_up()
 
     def __is_ready__(self) -> bool:
-        # and no sibling worker still warming up: it would answer 503 (service/workers.py)
-        return self.predictor.ready and all_live_workers_ready()
+        return _is_ready(self.predictor)
 
     def __is_alive__(self) -> bool:
         # also false when a sibling worker died and BentoML will not replace it (service/workers.py)
@@ -283,8 +296,35 @@ class Tuneserve:
         return await self.predictor.feedback(prediction_id, label)
 
 
+def _is_ready(predictor: Predictor) -> bool:
+    # and no sibling worker still warming up: it would answer 503 (service/workers.py)
+    return predictor.ready and all_live_workers_ready()
+
+
+class ReadinessBody:
+    """ASGI middleware: a ready worker answers GET /readyz itself, 200 with the store's health
+    in a JSON body, ``{"ready": true, "store": "up"}`` or ``{"ready": true, "store":
+    "degraded", "store_error": kind, "store_down_s": s}``: readiness does not depend on the
+    store, since predictions do not (README, "Running on Kubernetes"). A worker not ready leaves
+    /readyz to BentoML (503)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/readyz" and scope["method"] == "GET":
+            predictor = getattr(routes.state, "predictor", None)
+            # anyio's threads, as BentoML's own readiness check: not the default executor that
+            # feedback waits in (an outage must not slow the probe)
+            if predictor is not None and await anyio.to_thread.run_sync(_is_ready, predictor):
+                await JSONResponse({"ready": True} | HEALTH.status())(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 # The decorator made Tuneserve a bentoml Service (typed as the class it wraps).
 cast(Any, Tuneserve).add_asgi_middleware(GuardMiddleware, limits=SETTINGS.limits)
+cast(Any, Tuneserve).add_asgi_middleware(ReadinessBody)
 
 
 def _apis() -> dict[str, Any]:

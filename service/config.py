@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
@@ -21,6 +21,9 @@ from tuneserve.config import (
     load_config,
 )
 from tuneserve.errors import ConfigError
+
+if TYPE_CHECKING:
+    from service.pool import PoolSize
 
 CONFIG_ENV = "TUNESERVE_SERVING_CONFIG"
 DEFAULT_CONFIG = Path("configs/serving.toml")
@@ -185,12 +188,61 @@ class StoreConfig(StrictConfig):
         "and counted (tuneserve_log_dropped_total)",
     )
     log_text: bool = Field(False, description="also store the request text (off: never stored)")
+    pool_min_size: PositiveInt = Field(
+        1,
+        description="PostgreSQL: connections each store pool of a worker keeps open (a worker "
+        "has two pools: the prediction log's and the one for feedback, reports and the state)",
+    )
+    pool_max_size: PositiveInt = Field(
+        4,
+        description="PostgreSQL: most connections of the feedback/report/state pool of a "
+        "worker (the log's pool keeps pool_min_size); a replica opens at most workers x "
+        "(pool_max_size + pool_min_size)",
+    )
+    pool_wait_s: PositiveFloat = Field(
+        5.0,
+        description="PostgreSQL: how long a statement waits for a free connection (0.5 s at "
+        "most while the store is known to be down) before it fails as unavailable",
+    )
+    connect_timeout_s: PositiveFloat = Field(
+        5.0, description="PostgreSQL: how long one connection attempt may take"
+    )
+    reconnect_timeout_s: PositiveFloat = Field(
+        10.0,
+        description="PostgreSQL: a lost connection is retried with exponential backoff (1 s, "
+        "2 s, 4 s ...) for this long, then afresh; it bounds how long after the store's "
+        "return the service takes to heal",
+    )
+    retry_after_s: PositiveInt = Field(
+        2,
+        description="Retry-After of the 503 that POST /feedback (and the admin and report "
+        "endpoints) answer while the store cannot be reached",
+    )
 
     @model_validator(mode="after")
     def _check_url(self) -> StoreConfig:
         if self.url is not None:
             _check_store_url(self.url, "store.url")
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(
+                f"store.pool_min_size ({self.pool_min_size}) must not exceed store.pool_max_size "
+                f"({self.pool_max_size})"
+            )
         return self
+
+    def pool(self, log: bool = False) -> PoolSize:
+        """The size of a worker's PostgreSQL pool: the prediction log's (one writer thread),
+        or the one for feedback, reports and the experiment state."""
+        from service.pool import PoolSize
+
+        high = self.pool_min_size if log else self.pool_max_size
+        return PoolSize(
+            min_size=self.pool_min_size,
+            max_size=high,
+            wait_s=self.pool_wait_s,
+            connect_timeout_s=self.connect_timeout_s,
+            reconnect_timeout_s=self.reconnect_timeout_s,
+        )
 
     def location(self) -> Path | str:
         """Where the store is: ``$<url_env>``, else ``url``, else the SQLite ``path``."""

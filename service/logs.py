@@ -38,6 +38,8 @@ def install_service_logging(level: int = logging.INFO) -> None:
     """Send tuneserve's own log lines (``service.*``, ``tuneserve.*``) through BentoML's handlers,
     so they appear in `bentoml serve`'s output with the worker's name and trace ids."""
     handlers = logging.getLogger("bentoml").handlers
+    # the pool warns at every failed reconnect attempt; service/pool.py says it once per outage
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     for name in ("service", "tuneserve"):
         logger = logging.getLogger(name)
         logger.setLevel(level)

@@ -85,9 +85,22 @@ LOG_DROPPED = Counter(
     "Prediction rows not written to the store, by kind (queue_full, write_failed)",
     ["kind"],
 )
+LOG_QUEUED = Gauge(
+    "tuneserve_log_queued_rows",
+    "Prediction rows waiting in the log queue to be written (they wait there while the store "
+    "cannot be reached), summed over live workers",
+    multiprocess_mode="livesum",
+)
+STORE_UP = Gauge(
+    "tuneserve_store_up",
+    "1 while the experiment store answers, 0 while it cannot be reached (minimum over live "
+    "workers: 0 when any worker cannot reach it)",
+    multiprocess_mode="livemin",
+)
 FEEDBACK = Counter(
     "tuneserve_feedback",
-    "Feedback posts by variant (pending: its prediction row is not written yet) and outcome",
+    "Feedback posts by variant (pending: its prediction row is not written yet) and outcome "
+    "(stored, duplicate, unknown_id, invalid_label, unavailable: the store could not be reached)",
     ["variant", "outcome"],
 )
 SHADOW = Counter(

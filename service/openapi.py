@@ -37,6 +37,16 @@ _NULL_STR = {"type": ["string", "null"]}
 _NULL_NUM = {"type": ["number", "null"]}
 _SHARES = {"type": "object", "additionalProperties": _NUM}
 _ANY_OBJ = {"type": "object"}
+_READY = {
+    "type": "object",
+    "required": ["ready", "store"],
+    "properties": {
+        "ready": _BOOL,
+        "store": {"enum": ["up", "degraded"]},  # degraded: cannot be reached (feedback 503)
+        "store_error": _STR,
+        "store_down_s": _NUM,
+    },
+}
 
 KINDS = sorted({e.kind for e in CONTRACT_ERRORS} | {UnavailableError.kind, "internal"})
 
@@ -315,9 +325,10 @@ def openapi_document(title: str, bodies: dict[str, dict[str, Any]]) -> dict[str,
                 "responses": {"200": _text("text/plain", "alive"), **_errors(503)},
             }
         },
-        "/readyz": {"get": {"summary": "Ready: every variant of every worker loaded and warm.",
+        "/readyz": {"get": {"summary": "Ready: every variant of every worker loaded and warm "
+                                       "(the store's health in the body; degraded stays 200).",
                             "operationId": "readyz",
-                            "responses": {"200": _text("text/plain", "ready"), **_errors(503)}}},
+                            "responses": {"200": _json(_READY, "ready"), **_errors(503)}}},
         "/metrics": {"get": {"summary": "Prometheus metrics (text format).",
                              "operationId": "metrics",
                              "responses": {"200": _text("text/plain", "the metrics")}}},

@@ -20,10 +20,17 @@ from service import metrics
 from service.batching import Runner, make_runner
 from service.config import ServingConfig
 from service.dialect import is_url
-from service.errors import DeadlineError, InvalidInputError, NotFoundError, OverloadedError
+from service.errors import (
+    DeadlineError,
+    InvalidInputError,
+    NotFoundError,
+    OverloadedError,
+    UnavailableError,
+)
 from service.experiment import Experiment
 from service.ids import PredictionIds, load_key
 from service.model import VariantModel
+from service.pool import StoreUnavailableError
 from service.predlog import PredictionLog
 from service.routing import Assignment
 from service.shadow import ShadowJob, ShadowScorer
@@ -69,15 +76,16 @@ class Predictor:
             for name, model in self.models.items()
         }
         experiment = settings.experiment
-        store_at = settings.store.location()  # a SQLite file or a PostgreSQL URL
+        store, store_at = settings.store, settings.store.location()  # SQLite file or PG URL
         self.ids = PredictionIds(
             load_key(experiment.id_key_env, experiment.id_key_file, shared=is_url(store_at))
         )
+        log_pool = store.pool(log=True)
         self.log = PredictionLog(
-            lambda: Store(store_at, settings.store.busy_timeout_ms, durable=False),
-            max_queue=settings.store.log_queue_size,
+            lambda: Store(store_at, store.busy_timeout_ms, durable=False, pool=log_pool),
+            max_queue=store.log_queue_size,
         )
-        self.store = Store(store_at, settings.store.busy_timeout_ms)
+        self.store = Store(store_at, store.busy_timeout_ms, pool=store.pool())
         self.labels = sorted({label for m in self.models.values() for label in m.labels})
         self.idle = threading.Event()  # set while no prediction is in flight in this worker
         self.idle.set()
@@ -271,8 +279,20 @@ class Predictor:
             )
         loop = asyncio.get_running_loop()
         store = self.store
-        result = await loop.run_in_executor(None, store.add_feedback, prediction_id, label)
-        variant = await loop.run_in_executor(None, store.variant_of, prediction_id)
+        try:
+            result = await loop.run_in_executor(None, store.add_feedback, prediction_id, label)
+        except StoreUnavailableError:  # not stored: say so, never a 2xx that would be lost
+            metrics.FEEDBACK.labels(variant="unknown", outcome="unavailable").inc()
+            retry_after_s = self.settings.store.retry_after_s
+            raise UnavailableError(
+                "the feedback was not stored: the experiment store cannot be reached right "
+                f"now; send it again after {retry_after_s} s",
+                retry_after_s=retry_after_s,
+            ) from None
+        try:
+            variant = await loop.run_in_executor(None, store.variant_of, prediction_id)
+        except StoreUnavailableError:  # stored already; only the metric's label is unknown
+            variant = None
         metrics.FEEDBACK.labels(variant=variant or "pending", outcome=result.status).inc()
         return {"prediction_id": prediction_id, "label": result.label, "status": result.status}
 

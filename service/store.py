@@ -4,7 +4,8 @@ PostgreSQL given a URL (several replicas sharing one store).
 A versioned schema: ``schema_version`` holds the last migration applied, and opening a store
 applies the missing ones in order, in one transaction holding the store's write lock, so workers
 that start together migrate once. Every worker opens its own connection; on SQLite, WAL mode and
-a busy timeout let them write side by side. The SQL is written once in a form both databases
+a busy timeout let them write side by side; on PostgreSQL, a connection pool that heals after a
+restart or failover (service/pool.py). The SQL is written once in a form both databases
 accept; service/dialect.py translates the little that differs (``?`` placeholders and all).
 
 A row's ``unit`` says how it was routed: ``user`` or ``request`` (the experiment's traffic),
@@ -25,11 +26,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from service.dialect import Connection, connect, is_url, redact
+from service.pool import PoolSize
 from service.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -61,30 +64,45 @@ class FeedbackResult:
 
 
 class Store:
-    """One connection to the experiment store (use one per worker thread that writes)."""
+    """The experiment store: one SQLite connection (its statements one at a time), or a pool of
+    PostgreSQL connections (service/pool.py) that any number of threads share."""
 
     def __init__(
-        self, location: Path | str, busy_timeout_ms: int = 5000, durable: bool = True
+        self,
+        location: Path | str,
+        busy_timeout_ms: int = 5000,
+        durable: bool = True,
+        pool: PoolSize | None = None,
     ) -> None:
         """``location``: a SQLite file, or a ``postgresql://`` URL.
 
         ``durable``: every commit reaches the disk before it returns (feedback, the admin
         state); off for the prediction log, whose commits survive a crash of the process but not
         of the machine (SQLite: WAL with synchronous=NORMAL; PostgreSQL: synchronous_commit
-        off), which spares an fsync per batch."""
+        off), which spares an fsync per batch. ``pool``: the size of a PostgreSQL store's
+        connection pool (store.pool_* in the serving config).
+
+        Raises:
+            ConfigError: the store cannot be opened or reached now.
+            StoreUnavailableError: later, from any method, while a PostgreSQL server is away.
+        """
         self.url = location if is_url(location) else None
         self.path = None if self.url else Path(location)
         self.location = redact(self.url) if self.url else str(self.path)
         try:
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn: Connection = connect(str(location), busy_timeout_ms, durable)
+            self.conn: Connection = connect(str(location), busy_timeout_ms, durable, pool)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(
                 f"cannot open the experiment store {self.location}: {exc} (store.path in the "
                 "serving config; a corrupt file must be moved away)"
             ) from exc
-        self._lock = threading.Lock()
+        # SQLite: one connection, so one statement (or transaction) at a time; PostgreSQL: the
+        # pool lends each statement, and each thread's transaction, a connection of its own
+        self._lock: AbstractContextManager[Any] = (
+            threading.Lock() if self.conn.dialect == "sqlite" else nullcontext()
+        )
         self.migrate()
 
     def version(self) -> int:
@@ -456,7 +474,7 @@ class Store:
             return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (or the pool)."""
         with self._lock:
             self.conn.close()
 

@@ -37,6 +37,15 @@ def test_defaults_and_derived_settings(tmp_path: Path) -> None:
     assert cfg.model_copy(update={"intra_op_threads": 3}).ort_threads() == 3
 
 
+def test_store_pools_are_sized_from_the_config(tmp_path: Path) -> None:
+    text = VARIANTS + "[store]\npool_min_size = 2\npool_max_size = 6\nreconnect_timeout_s = 4\n"
+    store = load_serving_config(_write(tmp_path, text)).store
+    main, log = store.pool(), store.pool(log=True)
+    assert (main.min_size, main.max_size, log.min_size, log.max_size) == (2, 6, 2, 2)
+    assert main.reconnect_timeout_s == log.reconnect_timeout_s == 4.0
+    assert main.wait_s == store.pool_wait_s == 5.0 and store.retry_after_s == 2
+
+
 def test_yaml_and_env_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _write(
         tmp_path,
@@ -62,6 +71,11 @@ def test_yaml_and_env_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         ("[limits]\ndeadline_ms = 0\n" + VARIANTS, "deadline_ms must be positive, got 0"),
         ("[batching]\nmax_batch_size = 0\n" + VARIANTS, "max_batch_size must be positive"),
         ("wokers = 2\n" + VARIANTS, "wokers: unknown key"),
+        (
+            VARIANTS + "[store]\npool_min_size = 5\n",
+            "store.pool_min_size .5. must not exceed store.pool_max_size .4.",
+        ),
+        (VARIANTS + "[store]\npool_wait_s = 0\n", "pool_wait_s must be positive, got 0"),
     ],
 )
 def test_invalid_configs_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
