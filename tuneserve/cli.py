@@ -18,6 +18,8 @@ from tuneserve.errors import TuneserveError
 log = logging.getLogger("tuneserve")
 SERVING_CONFIG_HELP = "serving config (default: $TUNESERVE_SERVING_CONFIG or configs/serving.toml)"
 Subparsers = Any  # argparse._SubParsersAction, private
+# tuneserve/commands/ modules, each with add(sub); they import their stage inside handlers
+COMMAND_MODULES: tuple[Any, ...] = ()
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -384,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_train, _add_compare, _add_export, _add_bench_model, _add_serve,
                 _add_ab_report, _add_loadtest):  # fmt: skip
         add(sub)
+    for module in COMMAND_MODULES:  # the subcommands of tuneserve/commands/
+        module.add(sub)
     return parser
 
 
