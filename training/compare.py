@@ -118,7 +118,9 @@ def compare_runs(
 def _value(value: Any) -> str:
     if value is None:
         return "n/a"
-    return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
 def worth_lines(result: dict[str, Any]) -> list[str]:
@@ -148,7 +150,7 @@ def worth_lines(result: dict[str, Any]) -> list[str]:
     ]
     for row in result["costs"]["table"]:
         unit = f" ({row['unit']})" if row["unit"] else ""
-        ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:,.2f}x"
         lines.append(f"| {row['what']}{unit} | {_value(row['a'])} | {_value(row['b'])} | {ratio} |")
     return lines
 

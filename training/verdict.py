@@ -55,11 +55,15 @@ def delta_intervals(
     return out
 
 
-def _points(d: dict[str, float]) -> str:
+def _points(d: dict[str, float], figure: str) -> str:
     return (
-        f"{100 * d['delta']:+.1f} points (95% CI {100 * d['ci_low']:+.1f} to "
+        f"{100 * d['delta']:+.1f} points {figure} (95% CI {100 * d['ci_low']:+.1f} to "
         f"{100 * d['ci_high']:+.1f})"
     )
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x"
 
 
 def _ratio(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -75,34 +79,39 @@ def verdict(result: dict[str, Any]) -> str:
     evidence = f"p = {test['p_value']:.3g} (McNemar exact, alpha {alpha:g})"
     significant = test["p_value"] < alpha
     if significant and acc["delta"] > 0:
-        head = f"{tuned} beats {base}: {_points(acc)} accuracy, {evidence}."
+        head = f"{tuned} beats {base}: {_points(acc, 'accuracy')}, {evidence}."
     elif significant:
-        head = f"{tuned} is significantly worse than {base}: {_points(acc)} accuracy, {evidence}."
+        head = (
+            f"{tuned} is significantly worse than {base}: {_points(acc, 'accuracy')}, {evidence}."
+        )
     else:
         head = (
-            f"{tuned} does not beat {base} significantly: {_points(acc)} accuracy, {evidence}: "
+            f"{tuned} does not beat {base} significantly: {_points(acc, 'accuracy')}, {evidence}: "
             "not significant."
         )
     names = [k[3:-1] for k in deltas if k.startswith("f1[")]
     shown = ", ".join(f"{n} {100 * deltas[f'f1[{n}]']['delta']:+.1f}" for n in names[:8])
     per_class = f" Per class, F1 change in points: {shown}{' ...' if len(names) > 8 else ''}."
     rows = result["costs"]["table"]
-    train_x, size_x = _ratio(rows, "training_seconds"), _ratio(rows, "trained_mb")
     latency_x = _ratio(rows, "batch1_p50_ms")
-    costs = []
-    if train_x is not None:
-        costs.append(f"{train_x:.1f}x the training time")
-    if size_x is not None:
-        costs.append(f"{size_x:.1f}x the trained weights on disk")
+    costs = [
+        f"{_times(ratio)} {what}"
+        for key, what in (
+            ("training_seconds", "the training time"),
+            ("trained_mb", "the trained weights on disk"),
+            ("serving_mb", "the serving model on disk"),
+        )
+        if (ratio := _ratio(rows, key)) is not None
+    ]
     costs.append(
         "latency n/a (pass --export-a/--export-b, benchmarked with bench-model)"
         if latency_x is None
-        else f"{latency_x:.2f}x the batch-1 p50 latency"
+        else f"{_times(latency_x)} the batch-1 p50 latency"
     )
-    cost = f" It costs {', '.join(costs)}."
+    cost = f" Against the baseline it takes {', '.join(costs)}."
     if significant and acc["delta"] > 0:
         end = (
-            f" Worth it if its {latency_x:.2f}x latency fits your budget."
+            f" Worth it if its {_times(latency_x)} latency fits your budget."
             if latency_x is not None
             else " Worth it if its serving cost fits your budget (latency not measured)."
         )
