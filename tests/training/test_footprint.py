@@ -87,8 +87,8 @@ def test_exports_and_bench_reports_fill_the_latency_and_sizes(
         assert main(["bench-model", "--from", str(export), "--timed", "10",
                      "--out", str(benches / name)]) == 0  # fmt: skip
     capsys.readouterr()
-    code, printed = _compare(capsys, tmp_path / "lat", *runs, *exports,
-                             "--bench-a", str(benches / "a"), "--bench-b", str(benches / "b"))  # fmt: skip
+    given = ["--bench-a", str(benches / "a"), "--bench-b", str(benches / "b")]
+    code, printed = _compare(capsys, tmp_path / "lat", *runs, *exports, *given)
     assert code == 0, printed
     result = json.loads((tmp_path / "lat" / "compare.json").read_text())
     rows = _rows(result)
