@@ -97,8 +97,13 @@ def test_calibration_uses_the_stored_dev_predictions(
     correct = np.array([p["pred"] == p["label"] for p in preds])
     assert cal["test"]["accuracy"] == pytest.approx(correct.mean())
     assert cal["test"]["mean_confidence"] == pytest.approx(confidence.mean(), abs=1e-5)
+    for p in preds:  # full-precision log-probabilities beside the rounded scores
+        assert np.exp(p["log_probs"]) == pytest.approx(p["scores"], abs=2e-6)
+    dev = _jsonl(tiny_runs["lora"] / "dev_predictions.jsonl")
+    dev_texts = _jsonl(tiny_runs["lora"] / "eval" / "dev.jsonl")
+    assert [d["label"] for d in dev] == [d["label"] for d in dev_texts]
     t = cal["temperature"]
-    assert t["dev_examples"] == len(_jsonl(tiny_runs["lora"] / "dev_predictions.jsonl")) == 50
+    assert t["dev_examples"] == len(dev) == 50
     assert 0.05 <= t["T"] <= 20 and t["dev_nll_after"] <= t["dev_nll_before"] + 1e-9
     assert cal["test_scaled"]["accuracy"] == cal["test"]["accuracy"]
 
