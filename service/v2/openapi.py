@@ -99,8 +99,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         outputs={
             "type": "array",
-            "items": _obj(["name", "datatype", "shape", "data"], name=_STR, datatype=_STR,
-                          shape=_SHAPE, data=_DATA),  # fmt: skip
+            "items": _obj(
+                ["name", "datatype", "shape", "data"],
+                name=_STR,
+                datatype=_STR,
+                shape=_SHAPE,
+                data=_DATA,
+            ),
         },
     ),
 }
@@ -135,53 +140,99 @@ def _path_parameters(versioned: bool) -> list[dict[str, Any]]:
     names = {"name": "the experiment's name (A/B routed) or a variant's name (forced)"}
     if versioned:
         names["version"] = "a model version the name serves now (GET /v2/models/{name})"
-    return [{"name": n, "in": "path", "required": True, "schema": _STR, "description": d}
-            for n, d in names.items()]  # fmt: skip
+    return [
+        {"name": n, "in": "path", "required": True, "schema": _STR, "description": d}
+        for n, d in names.items()
+    ]
 
 
-_USER_HEADER = {"name": "X-User-Id", "in": "header", "required": False, "schema": _STR,
-                "description": "the sticky A/B unit when parameters.user_id is not given"}  # fmt: skip
-_VARIANT_HEADER = {"X-Model-Variant": {"description": "the variant that answered",
-                                       "required": True, "schema": _STR}}  # fmt: skip
+_USER_HEADER = {
+    "name": "X-User-Id",
+    "in": "header",
+    "required": False,
+    "schema": _STR,
+    "description": "the sticky A/B unit when parameters.user_id is not given",
+}
+_VARIANT_HEADER = {
+    "X-Model-Variant": {
+        "description": "the variant that answered",
+        "required": True,
+        "schema": _STR,
+    }
+}
 _READY = _obj(["name", "ready"], name=_STR, ready={"const": True})
 
 
 def v2_paths() -> dict[str, Any]:
     """The protocol's paths for the service's OpenAPI document."""
     paths: dict[str, Any] = {
-        "/v2": {"get": {"summary": "v2 server metadata: name, version, extensions.",
-                        "operationId": "v2_server_metadata",
-                        "responses": {"200": _json(_ref("V2ServerMetadata"), "the server")}}},
-        "/v2/health/live": {"get": {"summary": "v2 server live (as /livez).",
-                                    "operationId": "v2_live",
-                                    "responses": {"200": _json(_obj(["live"], live={"const": True}),
-                                                               "alive"), **_errors(503)}}},
-        "/v2/health/ready": {"get": {"summary": "v2 server ready (as /readyz).",
-                                     "operationId": "v2_ready",
-                                     "responses": {"200": _json(_obj(["ready"],
-                                                                     ready={"const": True}),
-                                                                "ready"), **_errors(503)}}},
-    }  # fmt: skip
+        "/v2": {
+            "get": {
+                "summary": "v2 server metadata: name, version, extensions.",
+                "operationId": "v2_server_metadata",
+                "responses": {"200": _json(_ref("V2ServerMetadata"), "the server")},
+            }
+        },
+        "/v2/health/live": {
+            "get": {
+                "summary": "v2 server live (as /livez).",
+                "operationId": "v2_live",
+                "responses": {
+                    "200": _json(_obj(["live"], live={"const": True}), "alive"),
+                    **_errors(503),
+                },
+            }
+        },
+        "/v2/health/ready": {
+            "get": {
+                "summary": "v2 server ready (as /readyz).",
+                "operationId": "v2_ready",
+                "responses": {
+                    "200": _json(_obj(["ready"], ready={"const": True}), "ready"),
+                    **_errors(503),
+                },
+            }
+        },
+    }
     for versioned in (False, True):
         model = "/v2/models/{name}" + ("/versions/{version}" if versioned else "")
         suffix = "_version" if versioned else ""
         parameters = _path_parameters(versioned)
-        paths[model] = {"get": {
-            "summary": "v2 model metadata: one BYTES input, the outputs, the versions served.",
-            "operationId": f"v2_model_metadata{suffix}", "parameters": parameters,
-            "responses": {"200": _json(_ref("V2ModelMetadata"), "the model"),
-                          **_errors(404, 503)}}}  # fmt: skip
-        paths[f"{model}/ready"] = {"get": {
-            "summary": "v2 model ready.", "operationId": f"v2_model_ready{suffix}",
-            "parameters": parameters,
-            "responses": {"200": _json(_READY, "ready"), **_errors(404, 503)}}}  # fmt: skip
-        paths[f"{model}/infer"] = {"post": {
-            "summary": "v2 inference: label, score, prediction_id, truncated per text, from one "
-                       "variant.",
-            "operationId": f"v2_infer{suffix}", "parameters": [*parameters, _USER_HEADER],
-            "requestBody": {"required": True,
-                            "content": {JSON: {"schema": _ref("V2InferenceRequest")}}},
-            "responses": {"200": _json(_ref("V2InferenceResponse"), "the outputs",
-                                       headers=_VARIANT_HEADER),
-                          **_errors(400, 404, 413, 429, 503, 504)}}}  # fmt: skip
+        paths[model] = {
+            "get": {
+                "summary": "v2 model metadata: one BYTES input, the outputs, the versions served.",
+                "operationId": f"v2_model_metadata{suffix}",
+                "parameters": parameters,
+                "responses": {
+                    "200": _json(_ref("V2ModelMetadata"), "the model"),
+                    **_errors(404, 503),
+                },
+            }
+        }
+        paths[f"{model}/ready"] = {
+            "get": {
+                "summary": "v2 model ready.",
+                "operationId": f"v2_model_ready{suffix}",
+                "parameters": parameters,
+                "responses": {"200": _json(_READY, "ready"), **_errors(404, 503)},
+            }
+        }
+        paths[f"{model}/infer"] = {
+            "post": {
+                "summary": "v2 inference: label, score, prediction_id, truncated per text, "
+                "from one variant.",
+                "operationId": f"v2_infer{suffix}",
+                "parameters": [*parameters, _USER_HEADER],
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": _ref("V2InferenceRequest")}},
+                },
+                "responses": {
+                    "200": _json(
+                        _ref("V2InferenceResponse"), "the outputs", headers=_VARIANT_HEADER
+                    ),
+                    **_errors(400, 404, 413, 429, 503, 504),
+                },
+            }
+        }
     return paths

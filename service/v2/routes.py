@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from starlette.requests import Request
@@ -79,9 +79,7 @@ class V2Api:
             )
 
     async def server_metadata(self, _: Request) -> JSONResponse:
-        return JSONResponse(
-            {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
-        )
+        return JSONResponse({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
 
     async def live(self, request: Request) -> JSONResponse:
         predictor = getattr(request.app.state, "predictor", None)  # None: starting, alive
@@ -134,8 +132,9 @@ class V2Api:
         answers = await predictor.predict(asked.texts, forced=forced, user_id=user_id)
         assignment = answers.assignment
         parameters = {"variant": assignment.variant, "forced": assignment.forced}
-        response = infer_response(name, answers.model_version, asked, answers.predictions,
-                                  parameters)  # fmt: skip
+        response = infer_response(
+            name, answers.model_version, asked, answers.predictions, parameters
+        )
         return JSONResponse(response, headers={"X-Model-Variant": assignment.variant})
 
 

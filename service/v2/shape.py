@@ -62,10 +62,15 @@ class V2ErrorShape:
             if message.get("more_body", False):
                 return
             body = v2_error(start["status"], b"".join(chunks))
-            headers = [(k, v) for k, v in start.get("headers", [])
-                       if k.lower() not in (b"content-length", b"content-type")]  # fmt: skip
-            headers += [(b"content-type", b"application/json"),
-                        (b"content-length", b"%d" % len(body))]  # fmt: skip
+            headers = [
+                (k, v)
+                for k, v in start.get("headers", [])
+                if k.lower() not in (b"content-length", b"content-type")
+            ]
+            headers += [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
             await send({**start, "headers": headers})
             await send({"type": "http.response.body", "body": body})
 

@@ -94,19 +94,22 @@ def _texts(inputs: Any, max_texts: int) -> list[str]:
     where = f"input {INPUT_NAME!r}"
     for key in ("shape", "datatype", "data"):
         if key not in tensor:
-            raise InvalidInputError(f"{where} has no {key!r}: a tensor has name, shape, datatype "
-                                    "and data")  # fmt: skip
+            raise InvalidInputError(
+                f"{where} has no {key!r}: a tensor has name, shape, datatype and data"
+            )
     _check_keys(tensor, ("name", "shape", "datatype", "data", "parameters"), "field", where)
     parameters = _parameters(tensor.get("parameters"), f"{where} parameters")
     if "binary_data_size" in parameters:
         raise InvalidInputError(BINARY_UNSUPPORTED)
     _check_keys(parameters, tuple(INPUT_PARAMETERS), "parameter", where)
     if parameters.get("content_type", "str") != "str":
-        raise InvalidInputError(f"{where} content_type must be 'str', got "
-                                f"{parameters['content_type']!r}")  # fmt: skip
+        raise InvalidInputError(
+            f"{where} content_type must be 'str', got {parameters['content_type']!r}"
+        )
     if tensor["datatype"] != "BYTES":
-        raise InvalidInputError(f"{where} must have datatype BYTES (strings), got "
-                                f"{tensor['datatype']!r}")  # fmt: skip
+        raise InvalidInputError(
+            f"{where} must have datatype BYTES (strings), got {tensor['datatype']!r}"
+        )
     shape = _shape(tensor["shape"], where)
     flat = _flatten(tensor["data"], shape, where)
     if shape[0] == 0:
@@ -125,20 +128,22 @@ def _flatten(data: Any, shape: list[int], where: str) -> list[Any]:
     """The elements of ``data``, given flat or nested as ``shape`` (row-major)."""
     count = math.prod(shape)
     if not isinstance(data, list):
-        raise InvalidInputError(f"{where} data must be a list of strings, got "
-                                f"{type(data).__name__}")  # fmt: skip
+        raise InvalidInputError(
+            f"{where} data must be a list of strings, got {type(data).__name__}"
+        )
     nested = any(isinstance(item, list) for item in data)
-    if nested and len(shape) == 2 and len(data) == shape[0]:
-        if all(isinstance(row, list) and len(row) == 1 for row in data):
-            return [row[0] for row in data]
+    rows = len(shape) == 2 and len(data) == shape[0]
+    if nested and rows and all(isinstance(row, list) and len(row) == 1 for row in data):
+        return [row[0] for row in data]
     if nested:
         raise InvalidInputError(
             f"{where} data is nested but not as its shape {shape}: send a flat list of {count} "
             f"strings, or {shape[0]} lists of one string for shape [N, 1]"
         )
     if len(data) != count:
-        raise InvalidInputError(f"{where} has shape {shape} ({count} elements) but its data "
-                                f"holds {len(data)}")  # fmt: skip
+        raise InvalidInputError(
+            f"{where} has shape {shape} ({count} elements) but its data holds {len(data)}"
+        )
     return data
 
 
@@ -147,17 +152,20 @@ def _outputs(outputs: Any) -> tuple[str, ...]:
     if outputs is None:
         return tuple(OUTPUTS)
     if not isinstance(outputs, list):
-        raise InvalidInputError(f"outputs must be a list of {{\"name\": ...}} objects, got "
-                                f"{type(outputs).__name__}")  # fmt: skip
+        raise InvalidInputError(
+            f'outputs must be a list of {{"name": ...}} objects, got {type(outputs).__name__}'
+        )
     names: list[str] = []
     for i, output in enumerate(outputs):
         if not isinstance(output, dict):
-            raise InvalidInputError(f'outputs[{i}] must be an object {{"name": ...}}, got '
-                                    f"{type(output).__name__}")  # fmt: skip
+            raise InvalidInputError(
+                f'outputs[{i}] must be an object {{"name": ...}}, got {type(output).__name__}'
+            )
         name = output.get("name")
-        if name not in OUTPUTS:
-            raise InvalidInputError(f"unknown output {name!r} (outputs[{i}]): the model answers "
-                                    f"{', '.join(OUTPUTS)}")  # fmt: skip
+        if not isinstance(name, str) or name not in OUTPUTS:
+            raise InvalidInputError(
+                f"unknown output {name!r} (outputs[{i}]): the model answers {', '.join(OUTPUTS)}"
+            )
         _check_keys(output, ("name", "parameters"), "field", f"output {name!r}")
         parameters = _parameters(output.get("parameters"), f"output {name!r} parameters")
         _check_keys(parameters, OUTPUT_PARAMETERS, "parameter", f"output {name!r}")
@@ -181,8 +189,9 @@ def _check_keys(obj: dict[str, Any], known: tuple[str, ...], what: str, where: s
     unknown = sorted(set(obj) - set(known))
     if unknown:
         names = ", ".join(repr(k) for k in unknown)
-        raise InvalidInputError(f"unknown {what}(s) {names} in {where}: it takes "
-                                f"{', '.join(known)}")  # fmt: skip
+        raise InvalidInputError(
+            f"unknown {what}(s) {names} in {where}: it takes {', '.join(known)}"
+        )
 
 
 def infer_response(

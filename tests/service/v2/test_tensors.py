@@ -13,8 +13,12 @@ from service.v2.tensors import InferRequest, infer_response, metadata_tensors, p
 
 def request(data: Any = ("good", "bad"), shape: Any = None, **fields: Any) -> dict[str, Any]:
     data = list(data)
-    tensor = {"name": "text", "shape": [len(data)] if shape is None else shape,
-              "datatype": "BYTES", "data": data}  # fmt: skip
+    tensor = {
+        "name": "text",
+        "shape": [len(data)] if shape is None else shape,
+        "datatype": "BYTES",
+        "data": data,
+    }
     return {"inputs": [tensor], **fields}
 
 
@@ -84,9 +88,11 @@ BAD = [
     (request(outputs=[{"name": "probabilities"}]), "unknown output 'probabilities'.*label, score"),
     (request(outputs=["label"]), "outputs\\[0\\] must be an object .*got str"),
     (request(outputs={"name": "label"}), "outputs must be a list"),
-    (request(outputs=[{"name": "label", "parameters": {"classification": 2}}]),
-     "unknown parameter\\(s\\) 'classification' in output 'label'"),
-]  # fmt: skip
+    (
+        request(outputs=[{"name": "label", "parameters": {"classification": 2}}]),
+        "unknown parameter\\(s\\) 'classification' in output 'label'",
+    ),
+]
 
 
 @pytest.mark.parametrize(("body", "message"), BAD)
@@ -96,8 +102,10 @@ def test_bad_requests_are_400_naming_the_problem(body: Any, message: str) -> Non
 
 
 def test_too_many_texts_is_413_with_the_limit() -> None:
-    with pytest.raises(PayloadTooLargeError, match=re.escape("input 'text' data holds 9 items; "
-                                                             "at most 8 per request")):  # fmt: skip
+    with pytest.raises(
+        PayloadTooLargeError,
+        match=re.escape("input 'text' data holds 9 items; at most 8 per request"),
+    ):
         parse_infer(request(["x"] * 9), max_texts=8)
 
 
@@ -118,8 +126,9 @@ def test_the_response_has_the_requested_outputs_of_shape_n_in_input_order() -> N
             {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["positive", "negative"]},
         ],
     }
-    no_id = infer_response("m", "v", InferRequest(["a"], None, ("truncated",), None),
-                           predictions[1:], {})  # fmt: skip
+    no_id = infer_response(
+        "m", "v", InferRequest(["a"], None, ("truncated",), None), predictions[1:], {}
+    )
     assert "id" not in no_id and no_id["outputs"][0]["data"] == [True]
 
 
@@ -127,6 +136,8 @@ def test_the_metadata_tensors() -> None:
     tensors = metadata_tensors()
     assert tensors["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     assert [(t["name"], t["datatype"], t["shape"]) for t in tensors["outputs"]] == [
-        ("label", "BYTES", [-1]), ("score", "FP32", [-1]), ("prediction_id", "BYTES", [-1]),
+        ("label", "BYTES", [-1]),
+        ("score", "FP32", [-1]),
+        ("prediction_id", "BYTES", [-1]),
         ("truncated", "BOOL", [-1]),
-    ]  # fmt: skip
+    ]
