@@ -123,13 +123,18 @@ class V2Api:
         forced = resolve(predictor, self.settings.name, name, version)
         try:
             body = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to read
             raise InvalidInputError("the body is not valid JSON (a v2 inference request)") from None
         asked = parse_infer(body, self.settings.limits.max_batch_texts)
         user_id = asked.user_id
         if user_id is None:
             user_id = check_user_id(request.headers.get(USER_ID_HEADER))
         answers = await predictor.predict(asked.texts, forced=forced, user_id=user_id)
+        if version is not None and answers.model_version != version:  # swapped meanwhile
+            raise NotFoundError(
+                f"model {name!r} has no version {version!r} any more: it was replaced while "
+                f"this request waited (it serves {answers.model_version} now)"
+            )
         assignment = answers.assignment
         parameters = {"variant": assignment.variant, "forced": assignment.forced}
         response = infer_response(

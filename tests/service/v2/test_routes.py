@@ -235,6 +235,7 @@ GOOD = json.dumps(infer_body(["good"])).encode()
 ERRORS = [
     ("post", INFER, b'{"inputs": [', {}, 400, "not valid JSON"),
     ("post", INFER, b"[1]", {}, 400, "the body must be a JSON object"),
+    ("post", INFER, b"[" * 60_000, {}, 400, "not valid JSON"),
     ("post", INFER, b"{}", {}, 400, "inputs is required"),
     (
         "post",
