@@ -26,10 +26,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from service.auth import AuthMiddleware, check_admin
 from service.config import ServingConfig, load_serving_config
 from service.dialect import is_url
 from service.errors import InvalidInputError, ServiceError, UnavailableError
-from service.experiment.changes import check_token
 from service.health import HEALTH
 from service.ids import load_key
 from service.logs import install_request_text_filter, install_service_logging
@@ -177,7 +177,7 @@ async def _ab_config(request: Request) -> Response:
     predictor = _predictor(request)
     if request.method == "GET":
         return JSONResponse(predictor.experiment.summary())
-    check_token(request.headers.get("authorization"), predictor.settings.admin_token_env)
+    check_admin(request, predictor.settings.admin_token_env)
     try:
         body = await request.json()
     except ValueError:
@@ -324,6 +324,7 @@ class ReadinessBody:
 
 # The decorator made Tuneserve a bentoml Service (typed as the class it wraps).
 cast(Any, Tuneserve).add_asgi_middleware(GuardMiddleware, limits=SETTINGS.limits)
+cast(Any, Tuneserve).add_asgi_middleware(AuthMiddleware, settings=SETTINGS)  # API keys
 cast(Any, Tuneserve).add_asgi_middleware(ReadinessBody)
 
 
