@@ -311,13 +311,14 @@ class AuthConfig(StrictConfig):
     )  # fmt: skip
 
 
-MASK_KINDS = ("email", "phone", "card", "iban", "id")
+MaskKind = Literal["email", "phone", "card", "iban", "id"]
+MASK_KINDS: tuple[MaskKind, ...] = ("email", "phone", "card", "iban", "id")
 
 
 class MaskingConfig(StrictConfig):
     """What is masked in request text before it is stored (store.log_text; service/masking.py)."""
 
-    kinds: list[Literal["email", "phone", "card", "iban", "id"]] = Field(
+    kinds: list[MaskKind] = Field(
         default_factory=lambda: list(MASK_KINDS),
         description="built-in detectors: email, phone, card (13-19 digits passing Luhn), iban, "
         "id (national-id formats and runs of 9+ digits); [] masks only the patterns below",

@@ -11,6 +11,7 @@ number is masked too. The user id is never stored, only its salted hash (service
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -81,10 +82,10 @@ class Masker:
     """The masking step of a serving config: ``masker(text)`` is the text as stored."""
 
     def __init__(self, config: MaskingConfig) -> None:
-        steps: list[Step] = []
-        for name, pattern in config.patterns.items():
-            compiled, token = re.compile(pattern), f"[{name.upper()}]"
-            steps.append(lambda t, c=compiled, r=token: c.sub(r, t))
+        steps: list[Step] = [
+            functools.partial(re.compile(pattern).sub, f"[{name.upper()}]")
+            for name, pattern in config.patterns.items()
+        ]
         for kind in _ORDER:
             if kind in config.kinds:
                 steps += _BUILT_IN[kind]

@@ -133,7 +133,7 @@ def document_access(
             if scope == PUBLIC:
                 out[path][method] = operation
                 continue
-            security = [{"bearer": []}, {"apiKey": []}, {}]
+            security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}, {}]
             if operation.get("security") == [{"admin": []}]:
                 security = [{"admin": []}, *security]
             responses = {"401": refused["401"], "403": refused["403"], **operation["responses"],

@@ -52,9 +52,9 @@ def _settings(tmp_path: Path, **auth: object) -> ServingConfig:
 
 
 def _client(settings: ServingConfig) -> TestClient:
-    routes = [Route(p, _echo, methods=["GET", "POST"])
-              for p in ("/predict", "/feedback", "/ab/report", "/models", "/livez", "/v2/health/live",
-                        "/v2/models/tuneserve/infer", "/somewhere/new")]  # fmt: skip
+    paths = ("/predict", "/feedback", "/ab/report", "/models", "/livez", "/v2/health/live",
+             "/v2/models/tuneserve/infer", "/somewhere/new")  # fmt: skip
+    routes = [Route(p, _echo, methods=["GET", "POST"]) for p in paths]
     routes.append(Route("/ab/config", _admin, methods=["PUT"]))
     app = Starlette(routes=routes, exception_handlers={ServiceError: _error}, middleware=[
         Middleware(GuardMiddleware, limits=settings.limits),
