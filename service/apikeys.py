@@ -140,6 +140,11 @@ class KeyStore:
         raise ConfigError(f"no API key with id {kid!r}: `tuneserve keys list` shows them")
 
 
+def _counts(keys: dict[str, KeyRecord]) -> tuple[int, int]:
+    revoked = sum(r.revoked is not None for r in keys.values())
+    return len(keys) - revoked, revoked
+
+
 class KeyCache:
     """One worker's copy of the keys, re-read every ``refresh_s`` by a daemon thread."""
 
@@ -159,10 +164,9 @@ class KeyCache:
         if self._keys is None:
             self._keys = KeyStore(self._open_store())
         keys = {record.id: record for record in self._keys.all()}
-        if self.keys is None or len(keys) != len(self.keys):
-            logger.info("API keys: %d in force, %d revoked",
-                        sum(r.revoked is None for r in keys.values()),
-                        sum(r.revoked is not None for r in keys.values()))  # fmt: skip
+        counts = _counts(keys)
+        if self.keys is None or counts != _counts(self.keys):
+            logger.info("API keys: %d in force, %d revoked", *counts)
         self.keys, self.loaded_at = keys, time.monotonic()
 
     def _run(self) -> None:
