@@ -133,9 +133,12 @@ def document_access(
             if scope == PUBLIC:
                 out[path][method] = operation
                 continue
-            security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}, {}]
+            # optional ({}) while keys are off, but never for admin operations (the admin token)
+            security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
             if operation.get("security") == [{"admin": []}]:
                 security = [{"admin": []}, *security]
+            else:
+                security.append({})
             responses = {"401": refused["401"], "403": refused["403"], **operation["responses"],
                          "429": refused["429"]}  # the admin token's own 401/403 kept  # fmt: skip
             out[path][method] = {**operation, "x-scope": scope, "security": security,

@@ -110,6 +110,8 @@ def test_every_error_answer_has_the_error_shape_and_its_codes(document: dict[str
         assert {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
                 "RateLimit-Reset"} <= set(answer["headers"])  # fmt: skip
     assert {"bearer", "apiKey", "admin"} <= set(document["components"]["securitySchemes"])
+    assert {} in document["paths"]["/predict"]["post"]["security"]  # keys are optional
+    assert {} not in document["paths"]["/ab/config"]["put"]["security"]  # admin never is
     for path, ops in document["paths"].items():
         for method, op in ops.items():
             for code, answer in op["responses"].items():
