@@ -2,7 +2,8 @@
 
 POST /predict, /predict_batch, /feedback; GET /models, /ab/report, /docs.json; GET and PUT
 /ab/config; BentoML's own /livez and /metrics, and /readyz (with the store's health in its body
-once ready).
+once ready). With ``auth.require_keys``, API keys guard every route but the public ones
+(service/auth.py, the scope table in service/scopes.py).
 
 Start it with ``bentoml serve service.app:Tuneserve`` (or ``make serve``). The serving config is
 read when this module is imported, from ``$TUNESERVE_SERVING_CONFIG`` or configs/serving.toml, and
