@@ -2,7 +2,9 @@
 
 POST /predict, /predict_batch, /feedback; GET /models, /ab/report, /docs.json; GET and PUT
 /ab/config; BentoML's own /livez and /metrics, and /readyz (with the store's health in its body
-once ready); the Open Inference Protocol v2 under /v2 (service/v2/).
+once ready); the Open Inference Protocol v2 under /v2 (service/v2/). With
+``auth.require_keys``, API keys guard every route but the public ones (service/auth.py, the
+scope table in service/scopes.py).
 
 Start it with ``bentoml serve service.app:Tuneserve`` (or ``make serve``). The serving config is
 read when this module is imported, from ``$TUNESERVE_SERVING_CONFIG`` or configs/serving.toml, and
@@ -26,10 +28,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from service.auth import AuthMiddleware, check_admin
 from service.config import ServingConfig, load_serving_config
 from service.dialect import is_url
 from service.errors import InvalidInputError, ServiceError, UnavailableError
-from service.experiment.changes import check_token
 from service.health import HEALTH
 from service.ids import load_key
 from service.logs import install_request_text_filter, install_service_logging
@@ -178,7 +180,7 @@ async def _ab_config(request: Request) -> Response:
     predictor = _predictor(request)
     if request.method == "GET":
         return JSONResponse(predictor.experiment.summary())
-    check_token(request.headers.get("authorization"), predictor.settings.admin_token_env)
+    check_admin(request, predictor.settings.admin_token_env)
     try:
         body = await request.json()
     except ValueError:
@@ -332,6 +334,7 @@ class ReadinessBody:
 # is the outermost: the v2 error shape, so the errors of every later layer leave /v2 in it.
 cast(Any, Tuneserve).add_asgi_middleware(V2ErrorShape)
 cast(Any, Tuneserve).add_asgi_middleware(GuardMiddleware, limits=SETTINGS.limits)
+cast(Any, Tuneserve).add_asgi_middleware(AuthMiddleware, settings=SETTINGS)  # API keys
 cast(Any, Tuneserve).add_asgi_middleware(ReadinessBody)
 
 

@@ -143,3 +143,15 @@ EXPERIMENT_STATE_VERSION = Gauge(
     "every pod converges to the stored one within seconds",
     multiprocess_mode="livemax",
 )
+KEY_REQUESTS = Counter(
+    "tuneserve_key_requests",
+    "Requests made with an API key (auth.require_keys), by key id (never the key or its name; "
+    "admin-token for the admin token) and status code (outcome)",
+    ["key_id", "outcome"],
+)
+AUTH_REFUSALS = Counter(
+    "tuneserve_auth_refusals",
+    "Requests refused for their key, by reason (missing, unknown, revoked, scope, "
+    "rate_limited, not_loaded)",
+    ["reason"],
+)

@@ -13,9 +13,11 @@ from service.errors import (
     NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
+    RateLimitedError,
     UnauthorizedError,
     UnavailableError,
 )
+from service.scopes import SECURITY_SCHEMES, document_access
 from service.v2.openapi import SCHEMAS as V2_SCHEMAS
 from service.v2.openapi import v2_paths
 
@@ -50,7 +52,9 @@ _READY = {
     },
 }
 
-KINDS = sorted({e.kind for e in CONTRACT_ERRORS} | {UnavailableError.kind, "internal"})
+KINDS = sorted(
+    {e.kind for e in CONTRACT_ERRORS} | {UnavailableError.kind, RateLimitedError.kind, "internal"}
+)
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": {
@@ -346,9 +350,9 @@ def openapi_document(title: str, bodies: dict[str, dict[str, Any]]) -> dict[str,
             "description": "tuneserve: a baseline and a tuned model behind one API with A/B "
             "routing. Every error answer has the Error shape (under /v2, the V2Error shape).",
         },
-        "paths": paths,
+        "paths": document_access(paths, lambda text: _error("key", text)),
         "components": {
             "schemas": SCHEMAS | V2_SCHEMAS,
-            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}, **SECURITY_SCHEMES},
         },
     }

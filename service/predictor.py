@@ -29,6 +29,7 @@ from service.errors import (
 )
 from service.experiment import Experiment
 from service.ids import PredictionIds, load_key
+from service.masking import Masker
 from service.model import VariantModel
 from service.pool import StoreUnavailableError
 from service.predlog import PredictionLog
@@ -86,6 +87,7 @@ class Predictor:
             max_queue=store.log_queue_size,
         )
         self.store = Store(store_at, store.busy_timeout_ms, pool=store.pool())
+        self.mask = Masker(settings.masking)  # stored text is masked first (store.log_text)
         self.labels = sorted({label for m in self.models.values() for label in m.labels})
         self.idle = threading.Event()  # set while no prediction is in flight in this worker
         self.idle.set()
@@ -173,7 +175,7 @@ class Predictor:
                 | {
                     "label": prediction.label,
                     "score": prediction.score,
-                    "text": text if self.settings.store.log_text else None,
+                    "text": self.mask(text) if self.settings.store.log_text else None,
                 }
             )
             answers.append(

@@ -94,16 +94,28 @@ def test_request_bodies_are_the_endpoints_own(document: dict[str, Any]) -> None:
 
 
 def test_every_error_answer_has_the_error_shape_and_its_codes(document: dict[str, Any]) -> None:
+    keyed = {"401", "403", "429"}  # a key missing, without the scope, over its limit
     expected = {
-        ("post", "/predict"): {"400", "413", "429", "503", "504"},
-        ("post", "/predict_batch"): {"400", "413", "429", "503", "504"},
-        ("post", "/feedback"): {"400", "404", "413", "429", "503"},
+        ("post", "/predict"): {"400", "413", "429", "503", "504"} | keyed,
+        ("post", "/predict_batch"): {"400", "413", "429", "503", "504"} | keyed,
+        ("post", "/feedback"): {"400", "404", "413", "429", "503"} | keyed,
         ("put", "/ab/config"): {"400", "401", "403", "409", "413", "429", "503"},
-        ("get", "/ab/report"): {"400", "503"},
+        ("get", "/ab/report"): {"400", "503"} | keyed,
+        ("get", "/livez"): {"503"},  # public: never a key
     }
     for (method, path), codes in expected.items():
         responses = document["paths"][path][method]["responses"]
         assert {c for c in responses if c != "200"} == codes, (method, path)
+    scopes = {(m, p): op.get("x-scope") for p, ops in document["paths"].items()
+              for m, op in ops.items()}  # fmt: skip
+    assert scopes[("post", "/predict")] == "predict" and scopes[("put", "/ab/config")] == "admin"
+    assert scopes[("get", "/metrics")] is None and scopes[("get", "/docs.json")] is None
+    for answer in (document["paths"]["/predict"]["post"]["responses"]["429"],):
+        assert {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
+                "RateLimit-Reset"} <= set(answer["headers"])  # fmt: skip
+    assert {"bearer", "apiKey", "admin"} <= set(document["components"]["securitySchemes"])
+    assert {} in document["paths"]["/predict"]["post"]["security"]  # keys are optional
+    assert {} not in document["paths"]["/ab/config"]["put"]["security"]  # admin never is
     for path, ops in document["paths"].items():
         for method, op in ops.items():
             for code, answer in op["responses"].items():
@@ -120,7 +132,7 @@ def test_every_error_answer_has_the_error_shape_and_its_codes(document: dict[str
     error = document["components"]["schemas"]["Error"]
     assert error["required"] == ["error", "kind", "status"]
     kinds = {"invalid_input", "unauthorized", "forbidden", "not_found", "too_large",
-             "overloaded", "unavailable", "deadline", "conflict"}  # fmt: skip
+             "overloaded", "unavailable", "deadline", "conflict", "rate_limited"}  # fmt: skip
     assert kinds <= set(error["properties"]["kind"]["enum"])
 
 

@@ -224,3 +224,27 @@ def test_logged_unit_hash_uses_the_salt_in_force(
         (old_salt, unit_hash(old_salt, "user-1")),
         ("fresh-salt", unit_hash("fresh-salt", "user-1")),
     ]
+
+
+def test_stored_text_is_masked_and_the_user_id_only_hashed(
+    tmp_path: Path, tiny_exports: dict[str, Path]
+) -> None:
+    from service.store import Store, unit_hash
+
+    settings = _settings(tmp_path, tiny_exports, store={"log_text": True})
+    predictor = Predictor(settings)
+    predictor.warm_up()
+    text = "great film, mail me at ann.lee@example.com or call +44 20 7946 0958 on 2024-03-15"
+    user = "ann.lee@example.com"
+
+    async def run() -> None:
+        await predictor.predict([text], user_id=user)
+        await predictor.close()  # flushes the prediction log
+
+    asyncio.run(run())
+    store = Store(settings.store.location())
+    rows = store.conn.execute("SELECT text, unit_hash FROM predictions").fetchall()
+    store.close()
+    assert rows == [("great film, mail me at [EMAIL] or call [PHONE] on 2024-03-15",
+                     unit_hash(settings.experiment.salt, user))]  # fmt: skip
+    assert user not in str(rows)
