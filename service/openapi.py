@@ -213,11 +213,13 @@ RETRY_AFTER = {
 }
 
 
-def _error(error: type[Exception] | str, description: str = "") -> dict[str, Any]:
+def _error(
+    error: type[Exception] | str, description: str = "", shape: str = "Error"
+) -> dict[str, Any]:
     text = description or (error.__doc__ or "").strip().split("\n")[0]
     answer: dict[str, Any] = {
         "description": text,
-        "content": {JSON: {"schema": _ref("Error")}},
+        "content": {JSON: {"schema": _ref(shape)}},
     }
     if error is OverloadedError:
         answer["headers"] = {"Retry-After": RETRY_AFTER}
@@ -226,6 +228,11 @@ def _error(error: type[Exception] | str, description: str = "") -> dict[str, Any
             "description": "the stored experiment state's version now", "schema": _STR,
         }}  # fmt: skip
     return answer
+
+
+def _key_error(path: str, description: str) -> dict[str, Any]:
+    """An API key's refusal (401/403/429) on ``path``, in that path's error shape."""
+    return _error("key", description, "V2Error" if path.startswith("/v2") else "Error")
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
@@ -350,7 +357,7 @@ def openapi_document(title: str, bodies: dict[str, dict[str, Any]]) -> dict[str,
             "description": "tuneserve: a baseline and a tuned model behind one API with A/B "
             "routing. Every error answer has the Error shape (under /v2, the V2Error shape).",
         },
-        "paths": document_access(paths, lambda text: _error("key", text)),
+        "paths": document_access(paths, _key_error),
         "components": {
             "schemas": SCHEMAS | V2_SCHEMAS,
             "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}, **SECURITY_SCHEMES},

@@ -108,23 +108,29 @@ _RATE_HEADERS = {
 }
 
 
-def document_access(
-    paths: dict[str, Any], error: Callable[[str], dict[str, Any]]
-) -> dict[str, Any]:
-    """``paths`` with, on each operation that needs a key when ``auth.require_keys`` is on,
-    its scope (``x-scope``), the key schemes as optional security (keys are off by default) and
-    the 401, 403 and 429 answers (``error(description)`` makes each in the Error shape)."""
+def _refused(path: str, error: Callable[[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """The 401, 403 and 429 answers of a keyed operation on ``path``."""
     refused = {
-        "401": error("auth.require_keys is on and the request has no key in force "
+        "401": error(path, "auth.require_keys is on and the request has no key in force "
                      "(missing, unknown or revoked; Authorization: Bearer or X-API-Key)"),
-        "403": error("the key lacks the scope the route needs (x-scope)"),
-        "429": error("the key's rate limit (Retry-After: seconds to wait), or BentoML's "
+        "403": error(path, "the key lacks the scope the route needs (x-scope)"),
+        "429": error(path, "the key's rate limit (Retry-After: seconds to wait), or BentoML's "
                      "own concurrency backstop"),
     }  # fmt: skip
     refused["429"]["headers"] = {
         "Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}},
         **_RATE_HEADERS,
     }
+    return refused
+
+
+def document_access(
+    paths: dict[str, Any], error: Callable[[str, str], dict[str, Any]]
+) -> dict[str, Any]:
+    """``paths`` with, on each operation that needs a key when ``auth.require_keys`` is on,
+    its scope (``x-scope``), the key schemes as optional security (keys are off by default) and
+    the 401, 403 and 429 answers (``error(path, description)`` makes each in the path's
+    error shape)."""
     out: dict[str, Any] = {}
     for path, operations in paths.items():
         out[path] = {}
@@ -139,6 +145,7 @@ def document_access(
                 security = [{"admin": []}, *security]
             else:
                 security.append({})
+            refused = _refused(path, error)
             responses = {"401": refused["401"], "403": refused["403"], **operation["responses"],
                          "429": refused["429"]}  # the admin token's own 401/403 kept  # fmt: skip
             out[path][method] = {**operation, "x-scope": scope, "security": security,
