@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from service.config import ServingConfig
-from service.errors import ForbiddenError, InvalidInputError, UnauthorizedError
+from service.errors import ConflictError, ForbiddenError, InvalidInputError, UnauthorizedError
 from service.experiment.state import ExperimentState
 from service.routing import check_weights
 
@@ -34,12 +34,17 @@ def apply_change(
             f"unknown keys {sorted(unknown)}: use {', '.join(CHANGE_KEYS)} (and version)"
         )
     names = settings.variant_names()
-    control = settings.control.name
+    control = state.control_of(settings)
     weights = dict(state.weights)
     if "weights" in body:
         new = body["weights"]
         if not isinstance(new, dict) or not new:
             raise InvalidInputError("weights must be an object of variant name -> number")
+        if state.rollout is not None and state.rollout.active:
+            raise ConflictError(
+                f"a rollout of {state.rollout.challenger!r} is {state.rollout.status}: it sets "
+                'the weights; abort it first (PUT /ab/rollout {"action": "abort"})'
+            )
         for name, value in new.items():
             if name not in names:
                 raise InvalidInputError(f"unknown variant {name!r}: served are {', '.join(names)}")
