@@ -94,16 +94,25 @@ def ramp_weights(
     weights: Mapping[str, float], disabled: tuple[str, ...], control: str, challenger: str,
     share: float,
 ) -> dict[str, float]:  # fmt: skip
-    """Weights that give ``challenger`` exactly ``share`` of the traffic: the rest goes to the
-    other variants in rotation in proportion to their weights (all to the control when they
-    have none). Only weights change, so sticky users move only between control and challenger
-    (service/routing.py's slots)."""
-    others = {n: w for n, w in weights.items() if n != challenger and n not in disabled}
-    total = sum(others.values())
-    new = dict(weights)
-    for name, weight in others.items():
-        new[name] = weight / total * (1 - share) if total > 0 else 0.0
-    if total <= 0:
-        new[control] = 1 - share
+    """Weights that give ``challenger`` exactly ``share`` of the traffic, taken from or given
+    back to the control alone: every other variant keeps its share. Only weights change, so
+    under service/routing.py's slots the sticky users move only between the control and the
+    challenger, and a challenger's users at 5% are still its users at 25%."""
+    effective = {n: 0.0 if n in disabled else w for n, w in weights.items()}
+    total = sum(effective.values())
+    scale = 1 / total if total > 0 else 0.0
+    new = {name: weight * scale for name, weight in weights.items()}  # shares of the traffic
+    others = sum(new[n] for n in new if n not in (control, challenger) and n not in disabled)
     new[challenger] = share
+    new[control] = max(0.0, 1.0 - share - others)
     return new
+
+
+def others_share(state_weights: Mapping[str, float], disabled: tuple[str, ...], control: str,
+                 challenger: str) -> float:  # fmt: skip
+    """The share of the traffic the variants other than the control and the challenger hold
+    (a plan's steps must leave the control the rest)."""
+    effective = {n: 0.0 if n in disabled else w for n, w in state_weights.items()}
+    total = sum(effective.values())
+    held = sum(w for n, w in effective.items() if n not in (control, challenger))
+    return held / total if total > 0 else 0.0
