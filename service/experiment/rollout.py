@@ -236,9 +236,10 @@ def _changed(
     figures: dict[str, Any], now: float, from_share: float | None = None,
 ) -> Changed:  # fmt: skip
     """The change of a transition, its event inside (written with it: events.record_event)."""
-    before = share_of(old, plan.challenger) if from_share is None else from_share
-    event = Event(now, plan.challenger, kind, before, share_of(new, plan.challenger), why,
-                  figures, new.salt)  # fmt: skip
+    if from_share is None:  # a start begins from the share it had; the rest from the plan's
+        from_share = share_of(old, plan.challenger) if kind == "start" else plan.share
+    after = new.rollout.share if new.rollout is not None else 0.0
+    event = Event(now, plan.challenger, kind, from_share, after, why, figures, new.salt)
     change = {"by": by, "rollout": kind, "event": event.to_json(), "from": old.to_json(),
               "to": new.to_json()}  # fmt: skip
     return new, change
