@@ -7,7 +7,8 @@ one store read); while the store cannot be read it keeps routing by the last sta
 Every ``guardrails.check_interval_s`` it renews or seeks the leader's lease
 (service/experiment/leader.py); the leader then checks the store-wide guardrail windows, and every
 STORE_CHECKS_EVERY ticks the checks that read the labelled predictions (the accuracy guardrail,
-the sample-ratio gauges). A trip or an admin change is written to the store by compare-and-set
+the sample-ratio gauges, the rollout plan's transitions: service/experiment/rollout.py). A trip,
+a rollout transition or an admin change is written to the store by compare-and-set
 on the version, so nothing is lost between workers, every worker follows it, and it survives a
 restart.
 """
@@ -22,8 +23,14 @@ from typing import Any
 
 from service import metrics
 from service.config import ServingConfig
-from service.errors import ConflictError, InvalidInputError
-from service.experiment.changes import apply_change, disable_variant
+from service.errors import ConflictError
+from service.experiment.changes import (
+    apply_change,
+    check_version,
+    disable_variant,
+    split_version,
+    unless_moved,
+)
 from service.experiment.events import record_event
 from service.experiment.judge import RolloutJudge
 from service.experiment.leader import Leadership
@@ -87,14 +94,14 @@ class Experiment:
         With ``"version"`` in the body, only if that is still the stored version (409 names the
         current one); without it the change is applied to whatever state is newest, so
         concurrent changes on two replicas both take effect, one after the other."""
-        body, based_on = _split_version(body)
+        body, based_on = split_version(body)
         self._admin(based_on, lambda state: apply_change(state, body, self.settings))
         return self.summary()
 
     def rollout_change(self, body: Any) -> dict[str, Any]:
         """Apply a PUT /ab/rollout body (start a plan, pause, resume, abort) as ``change``
         applies a PUT /ab/config one: the same version rule, history and 409."""
-        body, based_on = _split_version(body)
+        body, based_on = split_version(body)
         change = self._admin(
             based_on, lambda state: admin_rollout(state, body, self.settings, self.clock())
         )
@@ -107,12 +114,7 @@ class Experiment:
         made: list[dict[str, Any]] = []
 
         def update(version: int, stored: ExperimentState | None) -> Changed:
-            if based_on is not None and version != based_on:
-                raise ConflictError(
-                    f"the experiment state is at version {version}, not {based_on}: read it "
-                    "(GET /ab/config) and send the change again based on it",
-                    headers={"X-Experiment-Version": str(version)},
-                )
+            check_version(version, based_on)
             new, change = apply(stored or self.state)
             made.append(change)
             return new, change
@@ -156,7 +158,7 @@ class Experiment:
             started = start_from_config(fresh, self.clock())  # the config's rollout plan
             if started is not None:
                 fresh, change = started[0], started[1] | change
-            written = self.row.update(_unless_moved(version, (fresh, change)), also=record_event)
+            written = self.row.update(unless_moved(version, (fresh, change)), also=record_event)
             if written is not None:
                 self._apply(fresh, written.version)
                 return
@@ -329,19 +331,3 @@ class Experiment:
         logger.warning("guardrail: %s taken out of rotation (%s: %s)", trip.variant, trip.kind,
                        trip.detail)  # fmt: skip
         self._apply(written.state, written.version)
-
-
-def _unless_moved(seen: int, new: Changed) -> Any:
-    """An update that writes ``new`` only if the stored version is still ``seen``."""
-    return lambda version, _: new if version == seen else None
-
-
-def _split_version(body: Any) -> tuple[Any, int | None]:
-    """A change body without its ``"version"``, and that version (None when absent)."""
-    if not isinstance(body, dict) or "version" not in body:
-        return body, None
-    rest = {k: v for k, v in body.items() if k != "version"}
-    version = body["version"]
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise InvalidInputError("version must be a positive integer (from GET /ab/config)")
-    return rest, version
