@@ -394,13 +394,6 @@ class ServingConfig(StrictConfig):
                 f"rollout.challenger {challenger!r} must be a served variant other than the "
                 f"control {controls[0]!r} ({names})"
             )
-        weights = {v.name: v.weight for v in self.variants}
-        held = sum(w for n, w in weights.items() if n not in (challenger, controls[0]))
-        if challenger and self.rollout.steps[-1] + held / sum(weights.values()) > 1 + 1e-9:
-            raise ValueError(
-                f"rollout.steps go up to {self.rollout.steps[-1]:g}, but the other challengers' "
-                "weights leave the control less: lower the last step or their weights"
-            )
         if challenger and self.rollout.steps[-1] > slot_fraction(len(names) - 1) + 1e-9:
             raise ValueError(
                 f"rollout.steps go up to {self.rollout.steps[-1]:g}, more than a challenger's "

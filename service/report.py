@@ -110,7 +110,7 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
             if change.get("by") == "guardrail"
         ],
         "timeline": _timeline(labelled, settings.variant_names()),
-        "rollout": rollout_status(store, settings),
+        "rollout": rollout_status(store, settings, state=state, history=history),
     }
 
 

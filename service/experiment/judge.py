@@ -60,17 +60,20 @@ def taken_out(history: Sequence[HistoryEntry], variant: str) -> dict[str, Any]:
 
 
 def rollout_status(
-    store: Store, settings: ServingConfig, now: float | None = None
+    store: Store,
+    settings: ServingConfig,
+    now: float | None = None,
+    state: ExperimentState | None = None,
+    history: Sequence[HistoryEntry] | None = None,
 ) -> dict[str, Any]:
-    """The plan in force (or the last one), its figures now, and every event of the experiment."""
-    state = read_state(store, settings)
+    """The plan in force (or the last one), its figures now, and its experiment's events; no
+    store read without a plan when ``state`` and ``history`` are given (the report has them)."""
+    state = read_state(store, settings) if state is None else state
     plan = state.rollout
-    events = [event.to_json() for event in read_events(store, state.salt)]
-    status: dict[str, Any] = {"control": state.control_of(settings), "plan": None,
-                              "events": events}  # fmt: skip
+    status: dict[str, Any] = {"control": state.control_of(settings), "plan": None, "events": []}
     if plan is None:
         return status
-    history = store.history()
+    history = store.history() if history is None else history
     figures = RolloutJudge(settings.experiment.msprt_tau).figures(store, state, history)
     now = time.time() if now is None else now
     return status | {
@@ -79,6 +82,7 @@ def rollout_status(
         "challenger": plan.challenger,
         "share": share_of(state, plan.challenger),
         "figures": figures.to_json(plan, now),
+        "events": [event.to_json() for event in read_events(store, state.salt)],
     }
 
 

@@ -106,13 +106,3 @@ def ramp_weights(
     new[challenger] = share
     new[control] = max(0.0, 1.0 - share - others)
     return new
-
-
-def others_share(state_weights: Mapping[str, float], disabled: tuple[str, ...], control: str,
-                 challenger: str) -> float:  # fmt: skip
-    """The share of the traffic the variants other than the control and the challenger hold
-    (a plan's steps must leave the control the rest)."""
-    effective = {n: 0.0 if n in disabled else w for n, w in state_weights.items()}
-    total = sum(effective.values())
-    held = sum(w for n, w in effective.items() if n not in (control, challenger))
-    return held / total if total > 0 else 0.0
