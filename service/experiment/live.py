@@ -67,7 +67,6 @@ class Experiment:
         self.control = self.state.control_of(settings)
         self.router = Router(self.state.effective_weights(), self.control, self.state.salt)
         self.clock = time.time  # when rollout steps begin and end (tests move it on)
-        self.judge = RolloutJudge(settings.experiment.msprt_tau)
         self.leadership = Leadership(store, settings.guardrails.leader_lease_s, holder)
         self._new_monitors()
         self._history: tuple[int, list[Any]] = (-1, [])
@@ -252,6 +251,7 @@ class Experiment:
             self.settings.experiment.msprt_tau,
         )
         self.traffic = TrafficMonitor()
+        self.judge = RolloutJudge(self.settings.experiment.msprt_tau)
 
     def _changes(self) -> list[Any]:
         """The history of state changes (read again only when the version moved on)."""
