@@ -147,7 +147,7 @@ def admin_rollout(
     if "plan" in body:
         return _start(state, body["plan"], settings, now)
     action = body["action"]
-    if action not in ACTIONS:
+    if not isinstance(action, str) or action not in ACTIONS:
         raise InvalidInputError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
     if plan is None or plan.status not in ACTIONS[action]:
         raise ConflictError(

@@ -127,6 +127,8 @@ def test_admin_plans_and_actions(tiny_settings: ServingConfig) -> None:
     for body, message in [
         ({"plan": plan, "action": "pause"}, 'the body must be {"plan"'),
         ({"action": "stop"}, "action must be one of pause, resume, abort, got 'stop'"),
+        ({"action": ["pause"]}, "action must be one of pause, resume, abort, got \\['pause'\\]"),
+        ({"plan": "tuned"}, "plan must be an object"),
         ({"plan": {"challenger": "baseline"}}, "must be a served variant other than the control"),
         ({"plan": {"challenger": "tuned", "steps": [0.5, 0.2]}}, "rollout.steps must increase"),
         ({"plan": {"challenger": "tuned", "steps": [1.0]}}, "must each be in \\(0, 1\\)"),

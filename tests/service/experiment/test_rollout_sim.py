@@ -58,6 +58,12 @@ class BrokenRunner:
         await self.runner.close()
 
 
+@pytest.fixture(autouse=True)
+def _id_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PostgreSQL store needs the shared prediction-id key in the environment."""
+    monkeypatch.setenv("TUNESERVE_ID_KEY", "rollout-test-id-key-0123456789abcdef")
+
+
 def _predictor(tmp_path: Path, exports: dict[str, Path], location: Path | str) -> Predictor:
     store = {"url": location} if isinstance(location, str) else {"path": str(location)}
     path = write_serving_config(
