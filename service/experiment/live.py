@@ -159,6 +159,8 @@ class Experiment:
                 fresh, change = started[0], started[1] | change
             written = self.row.update(unless_moved(version, (fresh, change)), also=record_event)
             if written is not None:
+                if started is not None:
+                    announce(change)
                 self._apply(fresh, written.version)
                 return
         self._follow()  # others kept writing: follow whatever is newest

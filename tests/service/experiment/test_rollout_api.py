@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -84,8 +85,6 @@ def test_ab_rollout_commands_steer_a_real_server(
     assert "refused the pause: 409 no rollout plan to pause" in capsys.readouterr().err
     assert main(["ab-rollout", "abort", *args]) == 0
     time.sleep(1.0)  # both workers follow the stored state
-    import httpx
-
     with httpx.Client() as client:
         seen = {client.post(f"{server.url}/predict", json={"text": "good", "user_id": f"u{i}"},
                             headers={"Connection": "close"}).json()["variant"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,10 @@ class Clock:
     """The wall clock, moved on by the test."""
 
     def __init__(self) -> None:
-        import time
-
-        self._time = time.time
         self.offset = 0.0
 
     def __call__(self) -> float:
-        return self._time() + self.offset
+        return time.time() + self.offset
 
 
 class BrokenRunner:
@@ -112,8 +110,6 @@ def _simulate(predictor: Predictor, accuracy: dict[str, float], rounds: int,
 
 
 def _wait_logged(predictor: Predictor, rows: int, timeout_s: float = 30.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout_s
     while predictor.store.count("predictions") < rows:
         assert time.monotonic() < deadline, "the prediction log never wrote its rows"
