@@ -1,8 +1,8 @@
 """The BentoML service: its endpoints, their one error path, and its OpenAPI document.
 
 POST /predict, /predict_batch, /feedback; GET /models, /ab/report, /docs.json; GET and PUT
-/ab/config; BentoML's own /livez and /metrics, and /readyz (with the store's health in its body
-once ready); the Open Inference Protocol v2 under /v2 (service/v2/). With
+/ab/config and /ab/rollout; BentoML's own /livez and /metrics, and /readyz (with the store's
+health in its body once ready); the Open Inference Protocol v2 under /v2 (service/v2/). With
 ``auth.require_keys``, API keys guard every route but the public ones (service/auth.py, the
 scope table in service/scopes.py).
 
@@ -32,6 +32,7 @@ from service.auth import AuthMiddleware, check_admin
 from service.config import ServingConfig, load_serving_config
 from service.dialect import is_url
 from service.errors import InvalidInputError, ServiceError, UnavailableError
+from service.experiment.judge import rollout_status
 from service.health import HEALTH
 from service.ids import load_key
 from service.logs import install_request_text_filter, install_service_logging
@@ -189,6 +190,22 @@ async def _ab_config(request: Request) -> Response:
     return JSONResponse(await loop.run_in_executor(None, predictor.experiment.change, body))
 
 
+async def _ab_rollout(request: Request) -> Response:
+    predictor = _predictor(request)
+    loop = asyncio.get_running_loop()
+    if request.method == "GET":
+        status = await loop.run_in_executor(
+            None, rollout_status, predictor.store, predictor.settings
+        )
+        return JSONResponse(status | {"version": predictor.experiment.version})
+    check_admin(request, predictor.settings.admin_token_env)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidInputError("the body is not valid JSON") from None
+    return JSONResponse(await loop.run_in_executor(None, predictor.experiment.rollout_change, body))
+
+
 async def _openapi(_: Request) -> JSONResponse:
     return JSONResponse(_document())
 
@@ -204,6 +221,7 @@ routes = Starlette(
         Route("/models", _models, methods=["GET"]),
         Route("/ab/report", _ab_report, methods=["GET"]),
         Route("/ab/config", _ab_config, methods=["GET", "PUT"]),
+        Route("/ab/rollout", _ab_rollout, methods=["GET", "PUT"]),
         # served here, it shadows BentoML's own /docs.json (which lists no mounted route)
         Route("/docs.json", _openapi, methods=["GET"]),
         *V2Api(SETTINGS, is_live=lambda p: _is_alive(p), is_ready=lambda p: _is_ready(p)).routes(),

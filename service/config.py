@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
-from service.routing import check_weights
+from service.routing import check_weights, slot_fraction
 from tuneserve.config import (
     ClosedUnit,
     NonNegativeFloat,
@@ -351,6 +351,42 @@ class MaskingConfig(StrictConfig):
         return self
 
 
+class RolloutConfig(StrictConfig):
+    """A progressive rollout plan: a challenger ramped step by step, promoted or rolled back on
+    evidence (service/experiment/rollout.py); no challenger: no plan from the config."""
+
+    challenger: str = Field("", description="the variant to roll out; empty: no plan")
+    steps: list[float] = Field(
+        [0.01, 0.05, 0.25, 0.5],
+        description="the challenger's traffic share at each step, increasing, each in (0, 1)",
+    )
+    min_samples: PositiveInt = Field(
+        200, description="labelled predictions of the challenger a step needs before it ends"
+    )
+    min_step_s: NonNegativeFloat = Field(3600.0, description="shortest time a step lasts")
+    alpha: OpenUnit | None = Field(
+        None,
+        description="significance level of the always-valid test that promotes or rolls "
+        "back (default: experiment.alpha)",
+    )
+    promote: bool = Field(
+        True, description="make the challenger the control at 100% when it is better"
+    )
+    rollback: bool = Field(
+        True, description="send all traffic back to the control on a guardrail trip or a loss"
+    )
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> RolloutConfig:
+        if not self.steps:
+            raise ValueError("rollout.steps must list at least one traffic share")
+        if any(not 0 < s < 1 for s in self.steps):
+            raise ValueError(f"rollout.steps must each be in (0, 1), got {self.steps}")
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ValueError(f"rollout.steps must increase, got {self.steps}")
+        return self
+
+
 class ServingConfig(StrictConfig):
     """Everything `bentoml serve` needs to serve tuneserve's variants."""
 
@@ -397,6 +433,10 @@ class ServingConfig(StrictConfig):
         default_factory=lambda: MaskingConfig.model_validate({}),
         description="masking of stored request text",
     )
+    rollout: RolloutConfig = Field(
+        default_factory=lambda: RolloutConfig.model_validate({}),
+        description="progressive rollout plan (off unless rollout.challenger is set)",
+    )
     backstop_timeout_s: PositiveInt = Field(
         30, description="BentoML's own request timeout, a backstop behind limits.deadline_ms"
     )
@@ -421,6 +461,17 @@ class ServingConfig(StrictConfig):
         if self.shadow.variant and self.shadow.variant not in names:
             raise ValueError(
                 f"shadow.variant {self.shadow.variant!r} is not a served variant ({names})"
+            )
+        challenger = self.rollout.challenger
+        if challenger and (challenger not in names or challenger == controls[0]):
+            raise ValueError(
+                f"rollout.challenger {challenger!r} must be a served variant other than the "
+                f"control {controls[0]!r} ({names})"
+            )
+        if challenger and self.rollout.steps[-1] > slot_fraction(len(names) - 1) + 1e-9:
+            raise ValueError(
+                f"rollout.steps go up to {self.rollout.steps[-1]:g}, more than a challenger's "
+                f"slot ({slot_fraction(len(names) - 1):g} with {len(names) - 1} challengers)"
             )
         return self
 
@@ -474,6 +525,7 @@ __all__ = [
     "GuardrailConfig",
     "LimitsConfig",
     "MaskingConfig",
+    "RolloutConfig",
     "ServingConfig",
     "ShadowConfig",
     "StoreConfig",

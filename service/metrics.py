@@ -155,3 +155,15 @@ AUTH_REFUSALS = Counter(
     "rate_limited, not_loaded)",
     ["reason"],
 )
+ROLLOUT_STEP = Gauge(
+    "tuneserve_rollout_step",
+    "Traffic share the progressive rollout plan gives its challenger now (1 once promoted, 0 "
+    "once rolled back or aborted; 0 without a plan)",
+    multiprocess_mode="mostrecent",
+)
+ROLLOUT_TRANSITIONS = Counter(
+    "tuneserve_rollout_transitions",
+    "Transitions of progressive rollout plans by kind (start, advance, promote, rollback, pause, "
+    "resume, abort), counted once by the worker that stored each",
+    ["kind"],
+)

@@ -92,6 +92,7 @@ class AccuracyMonitor:
         self._resync = _Resync(resync_s)
         self._paths: dict[str, _Path] = {}
         self.rows_read = 0  # rows fetched by the last check (what it cost)
+        self.ends: dict[str, PathEnd] = {}  # per challenger: its path at the last check
 
     def check(
         self, store: Store, salt: str, since: Mapping[str, float], now: float | None = None
@@ -114,6 +115,7 @@ class AccuracyMonitor:
             path.until = max(path.until, horizon)
             fresh = [(row.variant, row.correct) for row in rows[split:]]
             counts, p_value = path.extended(fresh, self.control, name, self.tau)
+            self.ends[name] = PathEnd(counts, p_value)  # the progressive rollout reads it
             trip = accuracy_trip(name, counts, p_value, self.alpha)
             if trip is not None:
                 trips.append(trip)

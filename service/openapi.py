@@ -203,6 +203,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         shadow={"type": ["array", "object", "null"]},
         guardrail_trips={"type": "array", "items": _ANY_OBJ},
         timeline={"type": ["array", "object"]},
+        rollout={**_ANY_OBJ, "description": "the rollout plan's status (GET /ab/rollout)"},
     ),
 }
 
@@ -328,6 +329,7 @@ def openapi_document(title: str, bodies: dict[str, dict[str, Any]]) -> dict[str,
                                     "content": {JSON: {"schema": _ref("ExperimentChange")}}},
                     "responses": {"200": _json(_ref("ExperimentConfig"), "the new state"),
                                   **_errors(*_POST_ERRORS, 401, 403, 409)}}},
+        **rollout_paths(),
         "/livez": {"get": {"summary": "Alive (BentoML's liveness probe).", "operationId": "livez",
                            "responses": {"200": _text("text/plain", "alive"),
                                          **_errors(503)}}},
@@ -363,3 +365,60 @@ def openapi_document(title: str, bodies: dict[str, dict[str, Any]]) -> dict[str,
             "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}, **SECURITY_SCHEMES},
         },
     }
+
+
+_ROLLOUT_PLAN = {
+    "type": "object",
+    "required": ["challenger"],
+    "additionalProperties": False,
+    "description": "a progressive rollout plan ([rollout] in the serving config)",
+    "properties": {
+        "challenger": {**_STR, "description": "the variant to roll out"},
+        "steps": {"type": "array", "minItems": 1,
+                  "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                  "description": "the challenger's share at each step, increasing"},
+        "min_samples": {"type": "integer", "minimum": 1,
+                        "description": "labelled predictions of the challenger per step"},
+        "min_step_s": {"type": "number", "minimum": 0, "description": "shortest step"},
+        "alpha": {"type": ["number", "null"], "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "promote": _BOOL,
+        "rollback": _BOOL,
+    },
+}  # fmt: skip
+_ROLLOUT_CHANGE = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": 'start a plan ({"plan": ...}) or act on the running one ({"action": ...})',
+    "properties": {
+        "plan": _ROLLOUT_PLAN,
+        "action": {"enum": ["pause", "resume", "abort"]},
+        "version": {"type": "integer", "minimum": 1,
+                    "description": "the state version it is based on (else 409), as for "
+                                   "PUT /ab/config"},
+    },
+}  # fmt: skip
+_ROLLOUT_STATUS = _obj(
+    ["control", "plan", "events", "version"],
+    control=_STR,
+    plan={"type": ["object", "null"]},
+    status={"enum": ["running", "paused", "promoted", "rolled_back", "aborted"]},
+    challenger=_STR,
+    share=_NUM,
+    figures=_ANY_OBJ,
+    events={"type": "array", "items": _ANY_OBJ},
+    version=_INT,
+)
+
+
+def rollout_paths() -> dict[str, Any]:
+    """GET and PUT /ab/rollout (service/experiment/rollout.py)."""
+    return {"/ab/rollout": {
+        "get": {"summary": "The progressive rollout: its plan, figures and events.",
+                "operationId": "ab_rollout",
+                "responses": {"200": _json(_ROLLOUT_STATUS, "the rollout"), **_errors(503)}},
+        "put": {"summary": "Start a rollout plan, or pause, resume or abort it (admin token).",
+                "operationId": "ab_rollout_change", "security": [{"admin": []}],
+                "requestBody": {"required": True, "content": {JSON: {"schema": _ROLLOUT_CHANGE}}},
+                "responses": {"200": _json(_ref("ExperimentConfig"), "the new state"),
+                              **_errors(*_POST_ERRORS, 401, 403, 409)}}},
+    }  # fmt: skip

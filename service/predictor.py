@@ -313,7 +313,7 @@ class Predictor:
             "ready": self.ready,
             "batching": self.batching,
             "device": self.settings.device,
-            "control": self.settings.control.name,
+            "control": self.experiment.control,
             "variants": [
                 self.models[v.name].summary() | {"weight": self.experiment.router.shares[v.name]}
                 for v in self.settings.variants

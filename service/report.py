@@ -16,6 +16,7 @@ from collections import defaultdict
 from typing import Any
 
 from service.config import ServingConfig
+from service.experiment.judge import format_rollout, rollout_status
 from service.experiment.state import ExperimentState, read_state
 from service.schema import Labelled, VariantSummary
 from service.stats import (
@@ -39,9 +40,10 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
     Five reads of the store, whatever its size: the experiment state, its history, per variant
     the counts and latency percentiles (one grouped query; SQLite, without percentile_disc,
     reads the answered latencies in a sixth), the labelled predictions in feedback order (the
-    always-valid test and the timeline walk them), and the shadow counts."""
-    control = settings.control.name
+    always-valid test and the timeline walk them), and the shadow counts; and the rollout
+    plan's status (service/experiment/judge.py: its events and its challenger's path)."""
     state = read_state(store, settings)
+    control = state.control_of(settings)
     history = store.history()
     since = history[-1].ts if history else 0.0  # the split is judged under the current state
     shares = _shares(state)
@@ -108,6 +110,7 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
             if change.get("by") == "guardrail"
         ],
         "timeline": _timeline(labelled, settings.variant_names()),
+        "rollout": rollout_status(store, settings, state=state, history=history),
     }
 
 
@@ -262,4 +265,5 @@ def format_report(report: dict[str, Any]) -> str:
             f"planned for {c['minimum_effect'] * 100:.1f} points)"
         )
     lines += [f"verdict: {c['verdict']}" for c in report["comparisons"]]
+    lines += format_rollout(report["rollout"])
     return "\n".join(lines)

@@ -44,6 +44,8 @@ def render_page(report: dict[str, Any], refresh_s: int = 30) -> str:
     parts.append(_comparisons_table(report["comparisons"]))
     if report["shadow"]:
         parts.append(_shadow_table(report["shadow"]))
+    if report.get("rollout", {}).get("plan"):
+        parts.append(rollout_timeline(report["rollout"]))
     srm = report["sample_ratio"]
     parts.append(
         f"<p>sample ratio since the last change: chi2 {srm['chi2']:.2f}, "
@@ -149,3 +151,59 @@ def accuracy_chart(timeline: dict[str, list[list[float]]]) -> str:
 
 def _clock(ts: float) -> str:
     return escape(time.strftime("%H:%M:%S", time.localtime(ts)))
+
+
+EVENT_COLOURS = {"start": "#1f77b4", "advance": "#1f77b4", "promote": "#2ca02c",
+                 "rollback": "#d62728", "abort": "#d62728", "pause": "#ff7f0e",
+                 "resume": "#ff7f0e"}  # fmt: skip
+
+
+def rollout_timeline(status: dict[str, Any]) -> str:
+    """The rollout plan's challenger share over time, one marked point per event, and the
+    events as a table (when, what, from, to, why)."""
+    plan, events = status["plan"], status["events"]
+    head = (f"<h2>Rollout timeline</h2><p>{escape(plan['challenger'])} against "
+            f"{escape(plan['control'])}: <b>{escape(status['status'])}</b>, share now "
+            f"{status['share']:.1%}</p>")  # fmt: skip
+    if not events:
+        return head
+    t0, t1 = events[0]["ts"], max(events[-1]["ts"], time.time())
+    span = (t1 - t0) or 1.0
+
+    def xy(ts: float, share: float) -> tuple[float, float]:
+        return (PAD + (ts - t0) / span * (WIDTH - PAD - RIGHT),
+                HEIGHT - PAD - share * (HEIGHT - 2 * PAD))  # fmt: skip
+
+    svg = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{HEIGHT}' "
+           "role='img' aria-label='rollout share over time'>"]  # fmt: skip
+    for share in (0.0, 0.25, 0.5, 0.75, 1.0):
+        _, y = xy(t0, share)
+        svg.append(f"<line x1='{PAD}' x2='{WIDTH - RIGHT}' y1='{y:.1f}' y2='{y:.1f}' "
+                   f"stroke='#eee'/><text x='{PAD - 6}' y='{y + 4:.1f}' font-size='11' "
+                   f"text-anchor='end'>{share:.0%}</text>")  # fmt: skip
+    steps, share = [], events[0]["from_step"]
+    for event in events:  # a step line: the share holds until the next event
+        steps += [xy(event["ts"], share), xy(event["ts"], event["to_step"])]
+        share = event["to_step"]
+    steps.append(xy(t1, share))
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in steps)
+    svg.append(f"<polyline points='{line}' fill='none' stroke='#555' stroke-width='2'/>")
+    for event in events:
+        x, y = xy(event["ts"], event["to_step"])
+        colour = EVENT_COLOURS.get(event["kind"], "#555")
+        svg.append(
+            f"<circle cx='{x:.1f}' cy='{y:.1f}' r='5' fill='{colour}'>"
+            f"<title>{escape(event['kind'])}: {escape(event['why'])}</title></circle>"
+        )
+    svg.append("</svg>")
+    rows = [
+        [
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"])),
+            e["kind"],
+            f"{e['from_step']:.1%}",
+            f"{e['to_step']:.1%}",
+            e["why"],
+        ]
+        for e in events
+    ]
+    return head + "".join(svg) + _table(["when", "event", "from", "to", "why"], rows)

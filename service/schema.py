@@ -99,6 +99,24 @@ MIGRATIONS.append(
         )""",
     ]
 )
+MIGRATIONS.append(
+    [
+        # progressive rollout (service/experiment/events.py): one row per transition of a plan,
+        # written in the transaction that changes the experiment state
+        """CREATE TABLE rollout_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts DOUBLE PRECISION NOT NULL,
+            salt TEXT NOT NULL,
+            challenger TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            from_step DOUBLE PRECISION NOT NULL,
+            to_step DOUBLE PRECISION NOT NULL,
+            why TEXT NOT NULL,
+            figures TEXT NOT NULL,
+            state_version INTEGER NOT NULL
+        )""",
+    ]
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 PREDICTION_COLUMNS = (

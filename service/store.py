@@ -228,12 +228,14 @@ class Store:
         self,
         update: Callable[[int, dict[str, Any] | None], StateUpdate | None],
         leader: str | None = None,
+        also: Callable[[Connection, int, dict[str, Any]], None] | None = None,
     ) -> StoredState | None:
         """Read, change and write the experiment state in one transaction under the store's
         write lock, so no other write comes between: ``update(version, state)`` gives the new
         state and its change for the history (None: write nothing; an exception: roll back and
-        raise it). With ``leader``, only while that holder's lease is in force. The new version
-        and state, or None when nothing was written."""
+        raise it). With ``leader``, only while that holder's lease is in force. ``also(conn,
+        version, change)`` writes more in the same transaction (a rollout event). The new
+        version and state, or None when nothing was written."""
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -255,6 +257,8 @@ class Store:
                     "INSERT INTO experiment_history (ts, change) VALUES (?, ?)",
                     (time.time(), json.dumps(change | {"version": version}, sort_keys=True)),
                 )
+                if also is not None:
+                    also(self.conn, version, change)
                 self.conn.execute("COMMIT")
             except BaseException:
                 self.conn.execute("ROLLBACK")

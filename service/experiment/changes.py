@@ -13,8 +13,8 @@ from dataclasses import replace
 from typing import Any
 
 from service.config import ServingConfig
-from service.errors import ForbiddenError, InvalidInputError, UnauthorizedError
-from service.experiment.state import ExperimentState
+from service.errors import ConflictError, ForbiddenError, InvalidInputError, UnauthorizedError
+from service.experiment.state import Changed, ExperimentState
 from service.routing import check_weights
 
 CHANGE_KEYS = ("weights", "salt", "coverage", "shadow", "disable", "enable")
@@ -34,12 +34,17 @@ def apply_change(
             f"unknown keys {sorted(unknown)}: use {', '.join(CHANGE_KEYS)} (and version)"
         )
     names = settings.variant_names()
-    control = settings.control.name
+    control = state.control_of(settings)
     weights = dict(state.weights)
     if "weights" in body:
         new = body["weights"]
         if not isinstance(new, dict) or not new:
             raise InvalidInputError("weights must be an object of variant name -> number")
+        if state.rollout is not None and state.rollout.active:
+            raise ConflictError(
+                f"a rollout of {state.rollout.challenger!r} is {state.rollout.status}: it sets "
+                'the weights; abort it first (PUT /ab/rollout {"action": "abort"})'
+            )
         for name, value in new.items():
             if name not in names:
                 raise InvalidInputError(f"unknown variant {name!r}: served are {', '.join(names)}")
@@ -110,3 +115,29 @@ def check_token(authorization: str | None, env_name: str) -> None:
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
         raise UnauthorizedError("a valid admin bearer token is required (Authorization: Bearer)")
+
+
+def check_version(version: int, based_on: int | None) -> None:
+    """409 unless a change based on version ``based_on`` (None: any) may apply to ``version``."""
+    if based_on is not None and version != based_on:
+        raise ConflictError(
+            f"the experiment state is at version {version}, not {based_on}: read it "
+            "(GET /ab/config) and send the change again based on it",
+            headers={"X-Experiment-Version": str(version)},
+        )
+
+
+def unless_moved(seen: int, new: Changed) -> Any:
+    """An update that writes ``new`` only if the stored version is still ``seen``."""
+    return lambda version, _: new if version == seen else None
+
+
+def split_version(body: Any) -> tuple[Any, int | None]:
+    """A change body without its ``"version"``, and that version (None when absent)."""
+    if not isinstance(body, dict) or "version" not in body:
+        return body, None
+    rest = {k: v for k, v in body.items() if k != "version"}
+    version = body["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidInputError("version must be a positive integer (from GET /ab/config)")
+    return rest, version

@@ -7,7 +7,8 @@ one store read); while the store cannot be read it keeps routing by the last sta
 Every ``guardrails.check_interval_s`` it renews or seeks the leader's lease
 (service/experiment/leader.py); the leader then checks the store-wide guardrail windows, and every
 STORE_CHECKS_EVERY ticks the checks that read the labelled predictions (the accuracy guardrail,
-the sample-ratio gauges). A trip or an admin change is written to the store by compare-and-set
+the sample-ratio gauges, the rollout plan's transitions: service/experiment/rollout.py). A trip,
+a rollout transition or an admin change is written to the store by compare-and-set
 on the version, so nothing is lost between workers, every worker follows it, and it survives a
 restart.
 """
@@ -22,9 +23,18 @@ from typing import Any
 
 from service import metrics
 from service.config import ServingConfig
-from service.errors import ConflictError, InvalidInputError
-from service.experiment.changes import apply_change, disable_variant
+from service.errors import ConflictError
+from service.experiment.changes import (
+    apply_change,
+    check_version,
+    disable_variant,
+    split_version,
+    unless_moved,
+)
+from service.experiment.events import record_event
+from service.experiment.judge import RolloutJudge
 from service.experiment.leader import Leadership
+from service.experiment.rollout import admin_rollout, announce, start_from_config, transition
 from service.experiment.state import (
     Changed,
     ExperimentState,
@@ -54,10 +64,9 @@ class Experiment:
         self.row = StateRow(store)
         self.state = initial_state(settings)
         self.version = 0
-        self.router = Router(
-            self.state.effective_weights(), control=settings.control.name, salt=self.state.salt
-        )
-        self.challengers = [n for n in settings.variant_names() if n != settings.control.name]
+        self.control = self.state.control_of(settings)
+        self.router = Router(self.state.effective_weights(), self.control, self.state.salt)
+        self.clock = time.time  # when rollout steps begin and end (tests move it on)
         self.leadership = Leadership(store, settings.guardrails.leader_lease_s, holder)
         self._new_monitors()
         self._history: tuple[int, list[Any]] = (-1, [])
@@ -84,29 +93,43 @@ class Experiment:
         With ``"version"`` in the body, only if that is still the stored version (409 names the
         current one); without it the change is applied to whatever state is newest, so
         concurrent changes on two replicas both take effect, one after the other."""
-        body, based_on = _split_version(body)
+        body, based_on = split_version(body)
+        self._admin(based_on, lambda state: apply_change(state, body, self.settings))
+        return self.summary()
+
+    def rollout_change(self, body: Any) -> dict[str, Any]:
+        """Apply a PUT /ab/rollout body (start a plan, pause, resume, abort) as ``change``
+        applies a PUT /ab/config one: the same version rule, history and 409."""
+        body, based_on = split_version(body)
+        change = self._admin(
+            based_on, lambda state: admin_rollout(state, body, self.settings, self.clock())
+        )
+        announce(change)
+        return self.summary()
+
+    def _admin(self, based_on: int | None, apply: Any) -> dict[str, Any]:
+        """Store ``apply(newest state)`` (with its history entry and rollout event), only on
+        version ``based_on`` when given (409 otherwise); the change made."""
+        made: list[dict[str, Any]] = []
 
         def update(version: int, stored: ExperimentState | None) -> Changed:
-            if based_on is not None and version != based_on:
-                raise ConflictError(
-                    f"the experiment state is at version {version}, not {based_on}: read it "
-                    "(GET /ab/config) and send the change again based on it",
-                    headers={"X-Experiment-Version": str(version)},
-                )
-            return apply_change(stored or self.state, body, self.settings)
+            check_version(version, based_on)
+            new, change = apply(stored or self.state)
+            made.append(change)
+            return new, change
 
-        written = self.row.update(update)
+        written = self.row.update(update, also=record_event)
         if written is None or written.state is None:  # update never declines: not reached
             raise ConflictError("the experiment state could not be changed: send it again")
         self._apply(written.state, written.version)
         logger.info("experiment state changed to version %d", written.version)
-        return self.summary()
+        return made[-1]
 
     def summary(self) -> dict[str, Any]:
         """GET /ab/config."""
         return self.state.to_json() | {
             "version": self.version,
-            "control": self.settings.control.name,
+            "control": self.control,
             "shares": self.router.shares,
         }
 
@@ -130,10 +153,15 @@ class Experiment:
                 self._apply(stored, version)
                 return
             fresh = initial_state(self.settings)
-            change = {"by": "config", "revision": fresh.revision}
-            written = self.row.write(fresh, change, version)
+            change: dict[str, Any] = {"by": "config", "revision": fresh.revision}
+            started = start_from_config(fresh, self.clock())  # the config's rollout plan
+            if started is not None:
+                fresh, change = started[0], started[1] | change
+            written = self.row.update(unless_moved(version, (fresh, change)), also=record_event)
             if written is not None:
-                self._apply(fresh, written)
+                if started is not None:
+                    announce(change)
+                self._apply(fresh, written.version)
                 return
         self._follow()  # others kept writing: follow whatever is newest
 
@@ -144,20 +172,23 @@ class Experiment:
             self._apply(state, version)
 
     def _apply(self, state: ExperimentState, version: int) -> None:
+        control = state.control_of(self.settings)
         self.router = Router(
-            self._routable(state),
-            control=self.settings.control.name,
-            salt=state.salt,
+            self._routable(state, control), control=control, salt=state.salt,
             coverage=state.coverage,
-        )
+        )  # fmt: skip
+        if control != self.control:  # a promotion: the guardrails judge against the new one
+            self.control = control
+            self._new_monitors()
         self.state, self.version = state, version
+        metrics.ROLLOUT_STEP.set(0.0 if state.rollout is None else state.rollout.share)
         for name, share in self.router.shares.items():
             metrics.WEIGHT.labels(variant=name).set(share)
             metrics.VARIANT_ENABLED.labels(variant=name).set(0 if name in state.disabled else 1)
         metrics.EXPERIMENT_STATE_VERSION.set(version)
         logger.info("using experiment state version %d: shares %s", version, self.router.shares)
 
-    def _routable(self, state: ExperimentState) -> dict[str, float]:
+    def _routable(self, state: ExperimentState, control: str) -> dict[str, float]:
         """The state's weights of the variants served here (a state grown from another config,
         during a rolling update, may name others: they get no traffic from this replica)."""
         weights = state.effective_weights()
@@ -168,9 +199,9 @@ class Experiment:
                 "those served", sorted(weights), sorted(served),
             )  # fmt: skip
         try:
-            check_weights(served, self.settings.control.name)
+            check_weights(served, control)
         except ValueError:
-            return {name: float(name == self.settings.control.name) for name in served}
+            return {name: float(name == control) for name in served}
         return served
 
     def _poll(self) -> None:
@@ -207,15 +238,22 @@ class Experiment:
         self._check_windows()
         if ticks % STORE_CHECKS_EVERY == 0:
             self._check_store()
+            self._check_rollout()
         return ticks + 1
+
+    def check_now(self) -> bool:
+        """Seek or renew the lease and, as the leader, run every check now, as the poller does
+        at a leader's first tick; whether this worker leads."""
+        return self._tick(0) > 0
 
     def _new_monitors(self) -> None:
         self.accuracy = AccuracyMonitor(
-            self.settings.control.name,
+            self.control,
             self.settings.guardrails.accuracy_alpha,
             self.settings.experiment.msprt_tau,
         )
         self.traffic = TrafficMonitor()
+        self.judge = RolloutJudge(self.settings.experiment.msprt_tau)
 
     def _changes(self) -> list[Any]:
         """The history of state changes (read again only when the version moved on)."""
@@ -226,8 +264,8 @@ class Experiment:
     def _since(self) -> dict[str, float]:
         """Each challenger in rotation -> when it was last put back (0: never taken out)."""
         history = self._changes()
-        return {name: enabled_since(history, name)
-                for name in self.challengers if name not in self.state.disabled}  # fmt: skip
+        return {name: enabled_since(history, name) for name in self.settings.variant_names()
+                if name != self.control and name not in self.state.disabled}  # fmt: skip
 
     def _check_windows(self) -> None:
         """The leader's error-rate and latency checks, on every replica's logged requests."""
@@ -252,6 +290,30 @@ class Experiment:
         metrics.SAMPLE_RATIO_P_VALUE.set(srm.p_value)
         metrics.SAMPLE_RATIO_MISMATCH.set(int(srm.mismatch))
 
+    def _check_rollout(self) -> None:
+        """The leader's rollout decision (service/experiment/rollout.py) on store-wide figures,
+        stored with its event while this worker leads."""
+        plan = self.state.rollout
+        if plan is None or not plan.active:
+            return
+        figures = self.judge.figures(self.store, self.state, self._changes())
+        now = self.clock()
+
+        made: list[Changed] = []
+
+        def update(_: int, stored: ExperimentState | None) -> Changed | None:
+            state = stored or self.state
+            if state.rollout != plan:  # the admin acted meanwhile: decide again next time
+                return None
+            made[:] = [c for c in [transition(state, figures, now)] if c is not None]
+            return made[0] if made else None
+
+        written = self.row.update(update, leader=self.leadership.holder, also=record_event)
+        if written is None or written.state is None:
+            return
+        announce(made[0][1])
+        self._apply(written.state, written.version)
+
     def _trip(self, trip: Trip) -> None:
         """Take a challenger out of rotation: stored while this worker leads (so every worker
         follows, and a deposed leader cannot), logged, counted."""
@@ -271,14 +333,3 @@ class Experiment:
         logger.warning("guardrail: %s taken out of rotation (%s: %s)", trip.variant, trip.kind,
                        trip.detail)  # fmt: skip
         self._apply(written.state, written.version)
-
-
-def _split_version(body: Any) -> tuple[Any, int | None]:
-    """A change body without its ``"version"``, and that version (None when absent)."""
-    if not isinstance(body, dict) or "version" not in body:
-        return body, None
-    rest = {k: v for k, v in body.items() if k != "version"}
-    version = body["version"]
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise InvalidInputError("version must be a positive integer (from GET /ab/config)")
-    return rest, version

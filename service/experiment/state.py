@@ -1,4 +1,5 @@
-"""The experiment state (weights, salt, coverage, shadow, disabled variants) and its stored row.
+"""The experiment state (weights, salt, coverage, shadow, disabled variants, the control and the
+rollout plan) and its stored row.
 
 The state lives in the store as one row with a version that every write raises by one, so a
 change made through any worker of any replica reaches them all (each polls the version;
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from service.config import ServingConfig
+from service.dialect import Connection
+from service.experiment.plan import Rollout, plan_of, ramp_weights
 from service.store import StateUpdate, Store
 
 Changed = tuple["ExperimentState", dict[str, Any]]  # a new state and the change that made it
@@ -34,6 +37,14 @@ class ExperimentState:
     shadow_variant: str = ""
     shadow_share: float = 0.0
     revision: int = 0  # experiment.revision of the config it grew from
+    control: str = ""  # the control once a rollout promoted a challenger ("": the config's)
+    rollout: Rollout | None = None  # the progressive rollout plan, if any
+
+    def control_of(self, settings: ServingConfig) -> str:
+        """The control in force: a promoted challenger, else the config's control (also when
+        the state names a variant this replica does not serve)."""
+        served = settings.variant_names()
+        return self.control if self.control in served else settings.control.name
 
     def effective_weights(self) -> dict[str, float]:
         """The weights routing uses: a disabled variant gets no traffic."""
@@ -48,6 +59,8 @@ class ExperimentState:
             "disabled": list(self.disabled),
             "origin": self.origin,
             "revision": self.revision,
+            "control": self.control,
+            "rollout": None if self.rollout is None else self.rollout.to_json(),
         }
 
     @classmethod
@@ -62,6 +75,8 @@ class ExperimentState:
             str(shadow.get("variant", "")),
             float(shadow.get("share", 0.0)),
             int(data.get("revision", 0)),
+            str(data.get("control") or ""),
+            Rollout.from_json(data["rollout"]) if data.get("rollout") else None,
         )
 
 
@@ -70,11 +85,16 @@ def initial_state(settings: ServingConfig) -> ExperimentState:
     weights = {v.name: v.weight for v in settings.variants}
     salt, coverage = settings.experiment.salt, settings.experiment.coverage
     shadow = settings.shadow
-    fingerprint = [weights, salt, coverage, shadow.variant, shadow.share]
+    fingerprint: list[Any] = [weights, salt, coverage, shadow.variant, shadow.share]
+    plan = None
+    if settings.rollout.challenger:  # the plan's first step sets the challenger's share
+        plan = plan_of(settings.rollout, settings, settings.control.name)
+        fingerprint.append(plan.to_json())
+        weights = ramp_weights(weights, (), settings.control.name, plan.challenger, plan.share)
     origin = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     revision = settings.experiment.revision
     return ExperimentState(
-        weights, salt, (), origin, coverage, shadow.variant, shadow.share, revision
+        weights, salt, (), origin, coverage, shadow.variant, shadow.share, revision, "", plan
     )
 
 
@@ -161,17 +181,19 @@ class StateRow:
         self,
         update: Callable[[int, ExperimentState | None], Changed | None],
         leader: str | None = None,
+        also: Callable[[Connection, int, dict[str, Any]], None] | None = None,
     ) -> VersionedState | None:
         """Read, change and write the state with no other write between (the store's write
         lock): ``update(version, state)`` gives the new state and its change, or None to leave
         it; an exception it raises rolls back. The new version and state, or None when nothing
-        was written (``update`` said so, or ``leader``'s lease is not in force)."""
+        was written (``update`` said so, or ``leader``'s lease is not in force); ``also``
+        writes more in the same transaction (``Store.update_state``)."""
 
         def on_json(version: int, data: dict[str, Any] | None) -> StateUpdate | None:
             wanted = update(version, ExperimentState.from_json(data) if data else None)
             return None if wanted is None else (wanted[0].to_json(), wanted[1])
 
-        written = self.store.update_state(on_json, leader)
+        written = self.store.update_state(on_json, leader, also)
         if written is None or written.state is None:
             return None
         return VersionedState(written.version, ExperimentState.from_json(written.state))

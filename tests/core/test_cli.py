@@ -26,6 +26,7 @@ def test_the_subcommands_are_the_stages() -> None:
             "ab-report",
             "loadtest",
             "keys",
+            "ab-rollout",
         ]
     )
 

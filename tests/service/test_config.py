@@ -93,3 +93,41 @@ def test_a_challenger_cannot_outgrow_its_slot(tmp_path: Path) -> None:
     # baseline 1, tuned 3, third 1: tuned wants 60% but two challengers get 50% slots
     with pytest.raises(ConfigError, match="'tuned' has 60% of the traffic, more than its slot"):
         load_serving_config(_write(tmp_path, text))
+
+
+def test_a_rollout_plan_in_the_config(tmp_path: Path) -> None:
+    from service.experiment.state import initial_state
+
+    cfg = load_serving_config(_write(tmp_path, VARIANTS + '[rollout]\nchallenger = "tuned"\n'))
+    assert cfg.rollout.steps == [0.01, 0.05, 0.25, 0.5] and cfg.rollout.alpha is None
+    state = initial_state(cfg)
+    assert state.rollout is not None and state.rollout.alpha == cfg.experiment.alpha
+    assert state.weights["tuned"] == pytest.approx(0.01)  # the first step, not the weight 3
+    off = initial_state(load_serving_config(_write(tmp_path, VARIANTS)))
+    assert off.rollout is None and off.weights == {"baseline": 1.0, "tuned": 3.0}
+
+
+@pytest.mark.parametrize(
+    ("rollout", "message"),
+    [
+        ('challenger = "baseline"', "rollout.challenger 'baseline' must be a served variant other"),
+        ('challenger = "x"', "rollout.challenger 'x' must be a served variant"),
+        ('challenger = "tuned"\nsteps = [0.5, 0.2]', "rollout.steps must increase"),
+        ('challenger = "tuned"\nsteps = [0.0, 0.5]', "rollout.steps must each be in .0, 1."),
+        ('challenger = "tuned"\nsteps = []', "rollout.steps must list at least one"),
+        ('challenger = "tuned"\nmin_samples = 0', "min_samples must be positive, got 0"),
+        ('challenger = "tuned"\nalpha = 1.5', "alpha"),
+    ],
+)
+def test_invalid_rollout_plans_name_the_problem(tmp_path: Path, rollout: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_serving_config(_write(tmp_path, VARIANTS + "[rollout]\n" + rollout + "\n"))
+
+
+def test_rollout_steps_stay_within_the_challengers_slot(tmp_path: Path) -> None:
+    text = (
+        VARIANTS.replace("weight = 3", "weight = 1") + '[[variants]]\nname = "third"\npath = "c"\n'
+    )
+    plan = '[rollout]\nchallenger = "tuned"\nsteps = [0.1, 0.6]\n'
+    with pytest.raises(ConfigError, match="more than a challenger's slot .0.5 with 2 challengers."):
+        load_serving_config(_write(tmp_path, text + plan))
