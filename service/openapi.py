@@ -146,6 +146,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "additionalProperties": _STR,
                 "description": "variant -> why this worker did not load its new model",
             },
+            worker={**_INT, "description": "the process id of the worker that answered"},
         ),
     ),
     "ExperimentConfig": _obj(

@@ -13,6 +13,7 @@ in a thread of its own, so the poller is never held up.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -138,7 +139,7 @@ class Variants:
 
     def summary(self) -> dict[str, Any]:
         """What GET /models says of the catalog on this worker."""
-        return {"version": self.seen_version, "errors": dict(self.errors)}
+        return {"version": self.seen_version, "errors": dict(self.errors), "worker": os.getpid()}
 
     def put(self, name: str, body: Any) -> dict[str, Any]:
         """PUT /models/{name}: verify, load and warm the model, store it in the catalog, switch

@@ -1,5 +1,6 @@
 """Hot model swap on the Predictor: verify, load and warm beside the old model, switch
-atomically, follow the catalog on another worker and after a restart; failed loads change nothing."""
+atomically, follow the catalog on another worker and after a restart; a failed load changes
+nothing."""
 
 from __future__ import annotations
 
