@@ -62,7 +62,11 @@ def load_model(
     """Read, verify (the manifest's hashes, and the expected version or hash), load and warm
     the export of ``config``; ModelRejectedError saying why not."""
     where = f"variant {config.name!r} from {config.path}"
-    if not config.path.is_dir():
+    try:
+        found = config.path.is_dir()
+    except OSError:  # a name too long, a directory it may not read
+        found = False
+    if not found:
         raise ModelRejectedError(f"{where}: no such export run directory on the server")
     try:
         model = VariantModel(config, settings)
@@ -152,9 +156,11 @@ class Variants:
         if not all(isinstance(body.get(k, ""), str) and body.get(k, "x") for k in PUT_KEYS):
             raise InvalidInputError("path, sha256 and model_version must be non-empty strings")
         try:
-            config = VariantConfig(
-                name=name, path=Path(body["path"]).resolve(), weight=0.0, control=False
-            )
+            path = Path(body["path"]).resolve()
+        except (ValueError, OSError) as exc:  # a NUL byte, a loop of links
+            raise InvalidInputError(f"path is not a usable path: {exc}") from None
+        try:
+            config = VariantConfig(name=name, path=path, weight=0.0, control=False)
         except ValidationError as exc:
             raise InvalidInputError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         with self._changing:

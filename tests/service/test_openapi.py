@@ -16,7 +16,7 @@ from tests.service.conftest import asgi_app, write_serving_config
 
 # BentoML's own documentation routes: its Swagger UI page, the assets it loads, its schema.
 DOCUMENTATION_ROUTES = {"/", "/schema.json", "/static_content"}
-METHODS = {"GET", "POST", "PUT"}
+METHODS = {"GET", "POST", "PUT", "DELETE"}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,8 @@ def test_every_error_answer_has_the_error_shape_and_its_codes(document: dict[str
         ("post", "/feedback"): {"400", "404", "413", "429", "503"},
         ("put", "/ab/config"): {"400", "401", "403", "409", "413", "429", "503"},
         ("get", "/ab/report"): {"400", "503"},
+        ("put", "/models/{name}"): {"400", "401", "403", "413", "422", "429", "503"},
+        ("delete", "/models/{name}"): {"401", "403", "404", "409", "503"},
     }
     for (method, path), codes in expected.items():
         responses = document["paths"][path][method]["responses"]
@@ -111,7 +113,7 @@ def test_every_error_answer_has_the_error_shape_and_its_codes(document: dict[str
     error = document["components"]["schemas"]["Error"]
     assert error["required"] == ["error", "kind", "status"]
     kinds = {"invalid_input", "unauthorized", "forbidden", "not_found", "too_large",
-             "overloaded", "unavailable", "deadline", "conflict"}  # fmt: skip
+             "overloaded", "unavailable", "deadline", "conflict", "model_rejected"}  # fmt: skip
     assert kinds <= set(error["properties"]["kind"]["enum"])
 
 

@@ -161,6 +161,7 @@ def test_a_failed_load_changes_nothing_and_says_why(
         assert info.value.status == 422 and info.value.kind == "model_rejected"
     for body, reason in [
         ({"path": 5}, "must be non-empty strings"),
+        ({"path": "a\x00b"}, "not a usable path"),
         ({"model": "x"}, "must be a JSON object"),
         ([], "must be a JSON object"),
     ]:
