@@ -29,8 +29,8 @@ from service.config import ServingConfig, VariantConfig
 from service.errors import ConflictError, InvalidInputError, ModelRejectedError, NotFoundError
 from service.experiment import Experiment, ExperimentState
 from service.experiment.state import StateRow
-from service.model import VariantModel
-from tuneserve.manifest import Manifest
+from service.model import VariantModel, load_model, serving_sha256
+from service.routing import check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -46,51 +46,6 @@ class Served:
     runner: Runner
     inflight: int = 0
     retired: bool = False
-
-
-def serving_sha256(manifest: Manifest, serving_model: str) -> str:
-    """The recorded sha256 of the export's serving model file."""
-    return next((a.sha256 for a in manifest.artifacts.values() if a.path == serving_model), "")
-
-
-def load_model(
-    config: VariantConfig,
-    settings: ServingConfig,
-    model_version: str | None = None,
-    sha256: str | None = None,
-) -> VariantModel:
-    """Read, verify (the manifest's hashes, and the expected version or hash), load and warm
-    the export of ``config``; ModelRejectedError saying why not."""
-    where = f"variant {config.name!r} from {config.path}"
-    try:
-        found = config.path.is_dir()
-    except OSError:  # a name too long, a directory it may not read
-        found = False
-    if not found:
-        raise ModelRejectedError(f"{where}: no such export run directory on the server")
-    try:
-        model = VariantModel(config, settings)
-    except Exception as exc:  # a ManifestError (hashes), or ONNX Runtime refusing the file
-        raise ModelRejectedError(f"{where} was not loaded: {_reason(exc)}") from exc
-    got_sha = serving_sha256(model.manifest, model.details.serving_model)
-    if model_version is not None and model.version != model_version:
-        raise ModelRejectedError(
-            f"{where}: its model_version is {model.version}, not the expected {model_version}"
-        )
-    if sha256 is not None and got_sha != sha256.lower():
-        raise ModelRejectedError(
-            f"{where}: its serving model's sha256 is {got_sha}, not the expected {sha256}"
-        )
-    try:
-        model.warm_up(settings.warmup_runs)
-    except Exception as exc:
-        raise ModelRejectedError(f"{where} failed its warm-up: {_reason(exc)}") from exc
-    return model
-
-
-def _reason(exc: Exception) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 400 else text[:400] + " ..."
 
 
 class Variants:
@@ -147,7 +102,8 @@ class Variants:
 
     def put(self, name: str, body: Any) -> dict[str, Any]:
         """PUT /models/{name}: verify, load and warm the model, store it in the catalog, switch
-        this worker to it (the others follow the catalog). 400/422 and nothing changed if not."""
+        this worker to it (the others follow the catalog). 400/409/422 and nothing changed if
+        not."""
         if not isinstance(body, dict) or set(body) - set(PUT_KEYS) or "path" not in body:
             raise InvalidInputError(
                 'the body must be a JSON object {"path": export run directory on the server} '
@@ -165,6 +121,8 @@ class Variants:
             raise InvalidInputError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         with self._changing:
             old = self.served.get(name)
+            if old is None:
+                self._check_room(name)
             try:
                 model = load_model(config, self.settings, body.get("model_version"),
                                    body.get("sha256"))  # fmt: skip
@@ -183,6 +141,18 @@ class Variants:
             self._reconcile(self.catalog.entries(), {name: model})
         return {"variant": name, "model_version": model.version, "changed": True,
                 "catalog": entry.to_json()}  # fmt: skip
+
+    def _check_room(self, name: str) -> None:
+        """409 unless the weights stay routable with ``name`` as one more challenger (each
+        challenger's slot shrinks to 1/k of the buckets; service/routing.py)."""
+        weights = self.experiment.state.effective_weights()
+        served = {n: weights.get(n, 0.0) for n in self.served} | {name: 0.0}
+        try:
+            check_weights(served, self.settings.control.name)
+        except ValueError as exc:
+            raise ConflictError(
+                f"{name!r} cannot be added as one more challenger with the weights now: {exc}"
+            ) from None
 
     def remove(self, name: str) -> dict[str, Any]:
         """DELETE /models/{name}: refused (409) for the control, a variant with traffic or the

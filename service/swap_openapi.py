@@ -47,7 +47,7 @@ def swap_paths() -> dict[str, Any]:
                 "operationId": "model_put", "security": [{"admin": []}], "parameters": [name],
                 "requestBody": {"required": True,
                                 "content": {JSON: {"schema": _ref("ModelChange")}}},
-                "responses": {"200": answer, **_errors(*_POST_ERRORS, 401, 403, 422)}},
+                "responses": {"200": answer, **_errors(*_POST_ERRORS, 401, 403, 409, 422)}},
         "delete": {"summary": "Remove a variant at runtime (admin): not the control, nor one "
                               "with weight or the shadow (409).",
                    "operationId": "model_delete", "security": [{"admin": []}],

@@ -96,7 +96,7 @@ def test_every_error_answer_has_the_error_shape_and_its_codes(document: dict[str
         ("post", "/feedback"): {"400", "404", "413", "429", "503"},
         ("put", "/ab/config"): {"400", "401", "403", "409", "413", "429", "503"},
         ("get", "/ab/report"): {"400", "503"},
-        ("put", "/models/{name}"): {"400", "401", "403", "413", "422", "429", "503"},
+        ("put", "/models/{name}"): {"400", "401", "403", "409", "413", "422", "429", "503"},
         ("delete", "/models/{name}"): {"401", "403", "404", "409", "503"},
     }
     for (method, path), codes in expected.items():

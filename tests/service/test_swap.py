@@ -182,6 +182,11 @@ def test_an_added_variant_starts_at_weight_0_and_is_removed_only_without_traffic
 ) -> None:
     predictor = Predictor(_settings(tmp_path, tiny_exports))
     predictor.warm_up()
+    predictor.experiment.change({"weights": {"tuned": 3}})  # 75%: more than a slot of two
+    with pytest.raises(ConflictError, match=r"'fresh' cannot be added .* 'tuned' has 75%"):
+        predictor.variants.put("fresh", {"path": str(tiny_exports["lora-cpu-int8"])})
+    assert "fresh" not in predictor.models
+    predictor.experiment.change({"weights": {"tuned": 1}})
     predictor.variants.put("fresh", {"path": str(tiny_exports["lora-cpu-int8"])})
     assert predictor.experiment.router.shares["fresh"] == 0.0
     unforced = asyncio.run(_variants_of(predictor, 40))
