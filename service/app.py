@@ -167,7 +167,8 @@ async def _ab_report(request: Request) -> Response:
     if form not in REPORT_FORMATS:
         raise InvalidInputError("format must be json, text or html")
     loop = asyncio.get_running_loop()
-    report = await loop.run_in_executor(None, build_report, predictor.store, predictor.settings)
+    settings = predictor.experiment.settings  # the variants served (hot swaps included)
+    report = await loop.run_in_executor(None, build_report, predictor.store, settings)
     if form == "text":
         return PlainTextResponse(format_report(report) + "\n")
     if form == "html":

@@ -19,7 +19,7 @@ from typing import Any
 
 from service import metrics
 from service.batching import Runner, make_runner
-from service.catalog import Catalog, served_variants
+from service.catalog import ACTIVE, Catalog, served_variants
 from service.config import ServingConfig
 from service.dialect import is_url
 from service.errors import (
@@ -71,10 +71,10 @@ class Predictor:
         store, store_at = settings.store, settings.store.location()  # SQLite file or PG URL
         self.store = Store(store_at, store.busy_timeout_ms, pool=store.pool())
         catalog = Catalog(self.store)  # the variants changed at runtime (service/swap.py)
-        catalog_version = catalog.version()
-        self.variants = Variants(
-            settings, served_variants(settings, catalog.entries()), self._runner
-        )
+        catalog_version, entries = catalog.version(), catalog.entries()
+        expected = {e.name: e.model_version for e in entries if e.status == ACTIVE}
+        served = served_variants(settings, entries)
+        self.variants = Variants(settings, served, self._runner, expected)
         self.ids = PredictionIds(
             load_key(experiment.id_key_env, experiment.id_key_file, shared=is_url(store_at))
         )

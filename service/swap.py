@@ -56,7 +56,9 @@ class Variants:
         settings: ServingConfig,
         configs: list[VariantConfig],
         runner: Callable[[VariantModel], Runner],
+        expected: dict[str, str] | None = None,
     ) -> None:
+        """Load ``configs``; ``expected``: the model version the catalog names for some."""
         self.settings = settings
         self.make_runner = runner
         self.served = {c.name: Served(c, m, runner(m))
@@ -66,8 +68,13 @@ class Variants:
         self._lock = threading.Lock()  # ``served`` and each entry's inflight count
         self._changing = threading.Lock()  # one change at a time: admin call or follower
         self._follower: threading.Thread | None = None
-        for entry in self.served.values():
+        for name, entry in self.served.items():
             _info(entry.model, 1)
+            want = (expected or {}).get(name, entry.model.version)
+            if entry.model.version != want:  # its files were changed since the swap
+                self.errors[name] = (f"{entry.config.path} holds {entry.model.version}, not the "
+                                     f"{want} the catalog names: served anyway")  # fmt: skip
+                logger.error("variant %s: %s", name, self.errors[name])
 
     def attach(self, catalog: Catalog, experiment: Experiment, seen_version: int) -> None:
         """Follow ``catalog`` from ``seen_version`` on, polled by ``experiment``'s poller."""

@@ -20,6 +20,7 @@ from service.config import ServingConfig, load_serving_config
 from service.errors import ConflictError, InvalidInputError, ModelRejectedError, NotFoundError
 from service.model import model_version, read_export
 from service.predictor import Predictor
+from service.report import build_report
 from service.store import Store
 from tests.conftest import make_sentences
 from tests.service.conftest import write_serving_config
@@ -241,4 +242,45 @@ def test_other_workers_follow_the_catalog_and_a_restart_keeps_it(
         "active",
         "removed",
     ]
+    asyncio.run(restarted.close())
+
+
+def test_the_report_covers_added_variants_and_survives_a_removed_config_variant(
+    tmp_path: Path, tiny_exports: dict[str, Path]
+) -> None:
+    settings = _settings(tmp_path, tiny_exports)
+    predictor = Predictor(settings)
+    predictor.warm_up()
+    predictor.variants.put("fresh", {"path": str(tiny_exports["lora-cpu-int8"])})
+    report = build_report(predictor.store, predictor.experiment.settings)
+    assert [(v["variant"], v["share"]) for v in report["variants"]] == [
+        ("baseline", 0.5), ("tuned", 0.5), ("fresh", 0.0),
+    ]  # fmt: skip
+    predictor.experiment.change({"weights": {"tuned": 0}})
+    predictor.variants.remove("tuned")  # a config variant: removed until the catalog says else
+    assert list(predictor.models) == ["baseline", "fresh"]
+    shares = {v["variant"]: v["share"] for v in build_report(predictor.store, settings)["variants"]}
+    assert shares == {"baseline": 1.0, "tuned": 0.0}  # the offline report reads the config's
+    asyncio.run(predictor.close())
+    restarted = Predictor(settings)
+    assert list(restarted.models) == ["baseline", "fresh"]  # and so after a restart
+    asyncio.run(restarted.close())
+
+
+def test_a_restart_says_when_a_swapped_export_changed_on_disk(
+    tmp_path: Path, tiny_exports: dict[str, Path]
+) -> None:
+    settings = _settings(tmp_path, tiny_exports)
+    export = tmp_path / "served-export"
+    shutil.copytree(tiny_exports["lora-cpu-int8"], export)
+    predictor = Predictor(settings)
+    predictor.variants.put("tuned", {"path": str(export)})
+    asyncio.run(predictor.close())
+    shutil.rmtree(export)  # another run written over the directory the catalog names
+    shutil.copytree(tiny_exports["head-cpu-int8"], export)
+    restarted = Predictor(settings)
+    assert restarted.models["tuned"].version == _version(tiny_exports["head-cpu-int8"])
+    reason = restarted.summary()["catalog"]["errors"]["tuned"]
+    assert f"holds {_version(tiny_exports['head-cpu-int8'])}, not the " in reason
+    assert _version(tiny_exports["lora-cpu-int8"]) in reason
     asyncio.run(restarted.close())
