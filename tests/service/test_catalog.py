@@ -4,12 +4,15 @@ serving config and the catalog into the variants served."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from service.catalog import Catalog, served_variants, serving_variants
+from service.catalog import REMOVED, Catalog, served_variants, serving_variants
 from service.config import ServingConfig, load_serving_config
+from service.errors import ConflictError
+from service.experiment.state import Changed, ExperimentState, StateRow
 from service.store import Store
 from tests.service.conftest import write_serving_config
 
@@ -72,3 +75,31 @@ def test_the_control_is_served_even_if_an_older_catalog_removed_it(
         served = served_variants(settings, catalog.entries())
     assert [v.name for v in served] == ["baseline", "tuned", "other"]
     assert "the serving config makes it the control" in caplog.text
+
+
+def test_a_removal_is_stored_with_the_state_change_or_not_at_all(
+    new_store: Callable[[], Path | str],
+) -> None:
+    """DELETE /models/{name} writes the tombstone inside the experiment state's transaction."""
+    store = Store(new_store())
+    catalog, row = Catalog(store), StateRow(store)
+    row.write(ExperimentState({"baseline": 1.0, "fresh": 0.0}, "salt-1"), {"by": "test"})
+    catalog.put("fresh", Path("/models/fresh"), "fresh@1", "f" * 64)
+
+    def refused(_: int, stored: ExperimentState | None) -> Changed:
+        catalog.write("fresh", REMOVED)
+        raise ConflictError("refused after the write: it must roll back")
+
+    with pytest.raises(ConflictError):
+        row.update(refused)
+    assert [(e.status, e.version) for e in catalog.entries()] == [("active", 1)]
+
+    def removed(_: int, stored: ExperimentState | None) -> Changed:
+        catalog.write("fresh", REMOVED)
+        assert stored is not None
+        return replace(stored, weights={"baseline": 1.0}), {"by": "test"}
+
+    row.update(removed)
+    assert [(e.status, e.version) for e in catalog.entries()] == [("removed", 2)]
+    state = row.read().state
+    assert state is not None and state.weights == {"baseline": 1.0}
