@@ -137,10 +137,9 @@ class Variants:
                 metrics.MODEL_SWAPS.labels(variant=name, outcome="failed").inc()
                 logger.warning("hot swap refused: %s; nothing changed", exc.message)
                 raise
-            if (
-                old is not None
-                and old.model.version == model.version
-                and old.config.path == (config.path)
+            if old is not None and (old.model.version, old.config.path) == (
+                model.version,
+                config.path,
             ):
                 return {"variant": name, "model_version": model.version, "changed": False}
             sha = serving_sha256(model.manifest, model.details.serving_model)
@@ -266,6 +265,8 @@ class Variants:
             entry.runner.retire()
         for entry in gone:
             _info(entry.model, 0)
+        for name in [*new, *(set(before) - set(self.served))]:
+            self.errors.pop(name, None)  # served as asked now, or not at all
         for name, entry in new.items():
             _info(entry.model, 1)
             outcome = "replaced" if name in before else "added"
