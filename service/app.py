@@ -1,10 +1,11 @@
 """The BentoML service: its endpoints, their one error path, and its OpenAPI document.
 
 POST /predict, /predict_batch, /feedback; GET /models, /ab/report, /docs.json; GET and PUT
-/ab/config and /ab/rollout; BentoML's own /livez and /metrics, and /readyz (with the store's
-health in its body once ready); the Open Inference Protocol v2 under /v2 (service/v2/). With
-``auth.require_keys``, API keys guard every route but the public ones (service/auth.py, the
-scope table in service/scopes.py).
+/ab/config and /ab/rollout; PUT and DELETE /models/{name} (hot swap, service/swap.py);
+BentoML's own /livez and /metrics, and /readyz (with the store's health in its body once
+ready); the Open Inference Protocol v2 under /v2 (service/v2/). With ``auth.require_keys``,
+API keys guard every route but the public ones (service/auth.py, the scope table in
+service/scopes.py).
 
 Start it with ``bentoml serve service.app:Tuneserve`` (or ``make serve``). The serving config is
 read when this module is imported, from ``$TUNESERVE_SERVING_CONFIG`` or configs/serving.toml, and
@@ -29,6 +30,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from service.auth import AuthMiddleware, check_admin
+from service.catalog import serving_variants
 from service.config import ServingConfig, load_serving_config
 from service.dialect import is_url
 from service.errors import InvalidInputError, ServiceError, UnavailableError
@@ -43,6 +45,7 @@ from service.pool import StoreUnavailableError
 from service.predictor import Predictor
 from service.report import build_report, format_report
 from service.report_page import render_page
+from service.swap_openapi import add_swap_operations
 from service.v2 import V2Api, V2ErrorShape
 from service.validation import MAX_USER_ID_CHARS, check_text, check_texts, check_user_id
 from service.workers import all_live_workers_ready, all_workers_alive
@@ -53,7 +56,7 @@ def _checked_settings() -> ServingConfig:
     """The serving config with every variant's manifest and hashes checked, or exit 1 saying why."""
     try:
         settings = load_serving_config()
-        for variant in settings.variants:
+        for variant in serving_variants(settings):  # the config's, as the catalog changed them
             read_export(variant.path)
         # made here, in the main process, so every worker reads the same key
         experiment, shared = settings.experiment, is_url(settings.store.location())
@@ -169,7 +172,8 @@ async def _ab_report(request: Request) -> Response:
     if form not in REPORT_FORMATS:
         raise InvalidInputError("format must be json, text or html")
     loop = asyncio.get_running_loop()
-    report = await loop.run_in_executor(None, build_report, predictor.store, predictor.settings)
+    settings = predictor.experiment.settings  # the variants served (hot swaps included)
+    report = await loop.run_in_executor(None, build_report, predictor.store, settings)
     if form == "text":
         return PlainTextResponse(format_report(report) + "\n")
     if form == "html":
@@ -206,6 +210,21 @@ async def _ab_rollout(request: Request) -> Response:
     return JSONResponse(await loop.run_in_executor(None, predictor.experiment.rollout_change, body))
 
 
+async def _model_change(request: Request) -> JSONResponse:
+    """PUT /models/{name} (add or replace) and DELETE /models/{name}: admin, service/swap.py."""
+    predictor = _predictor(request)
+    check_admin(request, predictor.settings.admin_token_env)
+    name = request.path_params["name"]
+    loop = asyncio.get_running_loop()
+    if request.method == "DELETE":
+        return JSONResponse(await loop.run_in_executor(None, predictor.variants.remove, name))
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidInputError("the body is not valid JSON") from None
+    return JSONResponse(await loop.run_in_executor(None, predictor.variants.put, name, body))
+
+
 async def _openapi(_: Request) -> JSONResponse:
     return JSONResponse(_document())
 
@@ -213,12 +232,13 @@ async def _openapi(_: Request) -> JSONResponse:
 @functools.cache
 def _document() -> dict[str, Any]:
     bodies = {name: api.input_spec.model_json_schema() for name, api in _apis().items()}
-    return openapi_document(SETTINGS.name, bodies)
+    return add_swap_operations(openapi_document(SETTINGS.name, bodies))
 
 
 routes = Starlette(
     routes=[
         Route("/models", _models, methods=["GET"]),
+        Route("/models/{name}", _model_change, methods=["PUT", "DELETE"]),
         Route("/ab/report", _ab_report, methods=["GET"]),
         Route("/ab/config", _ab_config, methods=["GET", "PUT"]),
         Route("/ab/rollout", _ab_rollout, methods=["GET", "PUT"]),

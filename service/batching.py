@@ -30,6 +30,9 @@ class Runner(Protocol):
 
     async def close(self) -> None: ...
 
+    def retire(self) -> None:
+        """Stop once its requests are done (a hot swap replaced it); safe from any thread."""
+
 
 class _Timed:
     """A variant's model call, timed and counted (the metrics' children looked up once)."""
@@ -69,6 +72,9 @@ class DirectRunner:
         return await loop.run_in_executor(self.executor, job)
 
     async def close(self) -> None:
+        return None
+
+    def retire(self) -> None:
         return None
 
 
@@ -150,6 +156,12 @@ class AdaptiveBatcher:
             for item, row in zip(batch, probs, strict=True):
                 if not item.future.done():
                     item.future.set_result(row)
+
+    def retire(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            with contextlib.suppress(RuntimeError):  # its loop already closed: nothing runs
+                task.get_loop().call_soon_threadsafe(task.cancel)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -77,6 +77,15 @@ class ConflictError(ServiceError):
     kind = "conflict"
 
 
+class ModelRejectedError(ServiceError):
+    """A model the admin API was asked to serve that does not verify or load (nothing changed).
+
+    Not in CONTRACT_ERRORS: another layer's 422 is malformed input (``invalid_input``)."""
+
+    status = 422
+    kind = "model_rejected"
+
+
 class PayloadTooLargeError(ServiceError):
     """The body or the batch is larger than the configured limit."""
 

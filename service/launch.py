@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from service.catalog import serving_variants
 from service.config import CONFIG_ENV, load_serving_config
 from service.model import read_export
 from tuneserve.errors import RunError
@@ -47,7 +48,7 @@ def serve(
     named; the split is read and checked before the server starts.
     """
     settings = load_serving_config(config)
-    for variant in settings.variants:
+    for variant in serving_variants(settings):  # as the runtime catalog changed them
         read_export(variant.path)  # a clear error now rather than a traceback from a worker
     split = None
     if try_n:

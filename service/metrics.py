@@ -167,3 +167,16 @@ ROLLOUT_TRANSITIONS = Counter(
     "resume, abort), counted once by the worker that stored each",
     ["kind"],
 )
+MODEL_SWAPS = Counter(
+    "tuneserve_model_swaps",
+    "Hot model swaps by variant and outcome (added, replaced, removed: switched in this "
+    "worker; failed: the model did not verify or load, the old one keeps serving), counted by "
+    "every worker",
+    ["variant", "outcome"],
+)
+MODEL_CATALOG_VERSION = Gauge(
+    "tuneserve_model_catalog_version",
+    "Version of the runtime variant catalog this pod's workers serve (minimum over live "
+    "workers: below the stored one while a worker still loads a swapped model)",
+    multiprocess_mode="livemin",
+)

@@ -1,4 +1,5 @@
-"""One served variant: an export run read through its manifest, an ONNX Runtime session, warm-up."""
+"""One served variant: an export run read through its manifest, an ONNX Runtime session, warm-up;
+and ``load_model``, the same checked and warmed, for a hot swap (service/swap.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from service.config import ServingConfig, VariantConfig
+from service.errors import ModelRejectedError
 from tuneserve.details import ExportDetails
 from tuneserve.inference import (
     load_tokenizer,
@@ -144,3 +146,48 @@ class VariantModel:
             "dev_accuracy_at_export": self.manifest.metrics.get("dev_accuracy_serving"),
             "ready": self.warmed,
         }
+
+
+def serving_sha256(manifest: Manifest, serving_model: str) -> str:
+    """The recorded sha256 of the export's serving model file."""
+    return next((a.sha256 for a in manifest.artifacts.values() if a.path == serving_model), "")
+
+
+def load_model(
+    config: VariantConfig,
+    settings: ServingConfig,
+    model_version: str | None = None,
+    sha256: str | None = None,
+) -> VariantModel:
+    """Read, verify (the manifest's hashes, and the expected version or hash), load and warm
+    the export of ``config``; ModelRejectedError saying why not."""
+    where = f"variant {config.name!r} from {config.path}"
+    try:
+        found = config.path.is_dir()
+    except OSError:  # a name too long, a directory it may not read
+        found = False
+    if not found:
+        raise ModelRejectedError(f"{where}: no such export run directory on the server")
+    try:
+        model = VariantModel(config, settings)
+    except Exception as exc:  # a ManifestError (hashes), or ONNX Runtime refusing the file
+        raise ModelRejectedError(f"{where} was not loaded: {_reason(exc)}") from exc
+    got_sha = serving_sha256(model.manifest, model.details.serving_model)
+    if model_version is not None and model.version != model_version:
+        raise ModelRejectedError(
+            f"{where}: its model_version is {model.version}, not the expected {model_version}"
+        )
+    if sha256 is not None and got_sha != sha256.lower():
+        raise ModelRejectedError(
+            f"{where}: its serving model's sha256 is {got_sha}, not the expected {sha256}"
+        )
+    try:
+        model.warm_up(settings.warmup_runs)
+    except Exception as exc:
+        raise ModelRejectedError(f"{where} failed its warm-up: {_reason(exc)}") from exc
+    return model
+
+
+def _reason(exc: Exception) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:400] + " ..."

@@ -10,6 +10,7 @@ from service.errors import (
     DeadlineError,
     ForbiddenError,
     InvalidInputError,
+    ModelRejectedError,
     NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
@@ -53,7 +54,8 @@ _READY = {
 }
 
 KINDS = sorted(
-    {e.kind for e in CONTRACT_ERRORS} | {UnavailableError.kind, RateLimitedError.kind, "internal"}
+    {e.kind for e in CONTRACT_ERRORS}
+    | {UnavailableError.kind, RateLimitedError.kind, ModelRejectedError.kind, "internal"}
 )
 
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -128,6 +130,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         dev_accuracy_at_export=_NULL_NUM,
         ready=_BOOL,
         weight={**_NUM, "description": "its share of the traffic now"},
+        path={**_STR, "description": "the export run it is served from"},
     ),
     "Models": _obj(
         ["ready", "batching", "device", "control", "variants"],
@@ -136,6 +139,20 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         device=_STR,
         control=_STR,
         variants={"type": "array", "items": _ref("Variant")},
+        catalog=_obj(
+            ["version", "errors"],
+            version={
+                **_INT,
+                "description": "the runtime variant catalog version this worker "
+                "serves (PUT/DELETE /models/{name})",
+            },
+            errors={
+                "type": "object",
+                "additionalProperties": _STR,
+                "description": "variant -> why this worker did not load its new model",
+            },
+            worker={**_INT, "description": "the process id of the worker that answered"},
+        ),
     ),
     "ExperimentConfig": _obj(
         ["weights", "salt", "coverage", "shadow", "disabled", "version", "control", "shares"],
@@ -249,6 +266,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
             "current one (GET /ab/config, apply the change to it, send it again)",
         ),
         413: _error(PayloadTooLargeError),
+        422: _error(ModelRejectedError),
         429: _error("429", "BentoML's own concurrency backstop (behind admission control)"),
         503: _error(
             OverloadedError,

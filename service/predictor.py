@@ -1,7 +1,8 @@
 """The prediction path without HTTP: route, run under a deadline, answer, log, count.
 
-``Predictor`` holds every variant's model and runner for one worker, and the worker's experiment
-(service/experiment/), which chooses the variant. It takes texts already checked
+``Predictor`` holds every variant's model and runner for one worker (service/swap.py, which
+also swaps them at runtime), and the worker's experiment (service/experiment/), which chooses
+the variant. It takes texts already checked
 (service/validation.py). The BentoML service (app.py) only parses HTTP and calls it, so the same
 path runs in tests without a server.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 from service import metrics
 from service.batching import Runner, make_runner
+from service.catalog import ACTIVE, Catalog, served_variants
 from service.config import ServingConfig
 from service.dialect import is_url
 from service.errors import (
@@ -36,6 +38,7 @@ from service.predlog import PredictionLog
 from service.routing import Assignment
 from service.shadow import ShadowJob, ShadowScorer
 from service.store import Store, unit_hash
+from service.swap import Variants
 from service.workers import mark_ready
 
 logger = logging.getLogger(__name__)
@@ -63,21 +66,16 @@ class Predictor:
 
     def __init__(self, settings: ServingConfig) -> None:
         self.settings = settings
-        self.models = {v.name: VariantModel(v, settings) for v in settings.variants}
         self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="tuneserve-infer")
         self.batching = settings.batching_mode()
-        self.runners: dict[str, Runner] = {
-            name: make_runner(
-                self.batching,
-                model,
-                self.executor,
-                settings.batching.max_batch_size,
-                settings.batching.max_latency_ms,
-            )
-            for name, model in self.models.items()
-        }
         experiment = settings.experiment
         store, store_at = settings.store, settings.store.location()  # SQLite file or PG URL
+        self.store = Store(store_at, store.busy_timeout_ms, pool=store.pool())
+        catalog = Catalog(self.store)  # the variants changed at runtime (service/swap.py)
+        catalog_version, entries = catalog.version(), catalog.entries()
+        expected = {e.name: e.model_version for e in entries if e.status == ACTIVE}
+        served = served_variants(settings, entries)
+        self.variants = Variants(settings, served, self._runner, expected)
         self.ids = PredictionIds(
             load_key(experiment.id_key_env, experiment.id_key_file, shared=is_url(store_at))
         )
@@ -86,9 +84,7 @@ class Predictor:
             lambda: Store(store_at, store.busy_timeout_ms, durable=False, pool=log_pool),
             max_queue=store.log_queue_size,
         )
-        self.store = Store(store_at, store.busy_timeout_ms, pool=store.pool())
         self.mask = Masker(settings.masking)  # stored text is masked first (store.log_text)
-        self.labels = sorted({label for m in self.models.values() for label in m.labels})
         self.idle = threading.Event()  # set while no prediction is in flight in this worker
         self.idle.set()
         self._inflight = 0
@@ -96,16 +92,9 @@ class Predictor:
             self.log, self.idle, settings.shadow.max_pending, settings.shadow.max_age_ms
         )
         self.experiment = Experiment(settings, self.store)  # sets the weight gauges
+        self.variants.attach(catalog, self.experiment, catalog_version)
         self.ready = False
         self.warmup_error: BaseException | None = None
-        for variant in settings.variants:
-            model = self.models[variant.name]
-            metrics.MODEL_INFO.labels(
-                variant=variant.name,
-                version=model.version,
-                quantization=model.quantization,
-                provider=model.provider,
-            ).set(1)
         metrics.READY.set(0)
         logger.info(
             "loaded variants %s (batching %s, %d inference thread(s), %d ONNX Runtime thread(s))",
@@ -113,6 +102,22 @@ class Predictor:
             self.batching,
             settings.threads,
             settings.ort_threads(),
+        )
+
+    @property
+    def models(self) -> dict[str, VariantModel]:
+        """Each served variant's model now (hot swaps change them: service/swap.py)."""
+        return self.variants.models
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels feedback may name: those of the models served now."""
+        return sorted({label for m in self.models.values() for label in m.labels})
+
+    def _runner(self, model: VariantModel) -> Runner:
+        batching = self.settings.batching
+        return make_runner(
+            self.batching, model, self.executor, batching.max_batch_size, batching.max_latency_ms
         )
 
     def warm_up(self) -> None:
@@ -150,17 +155,19 @@ class Predictor:
         started = time.perf_counter()
         router = self.experiment.router  # one state for the whole request, whatever lands
         assignment = router.choose(user_id=user_id, forced=forced)
-        model = self.models[assignment.variant]
+        served = self.variants.acquire(assignment.variant)  # one model for the whole request
+        model = served.model
         hashed = unit_hash(router.salt, user_id) if user_id else None  # the salt in force
         self._inflight += 1
         self.idle.clear()
         try:
-            probs, encodings = await self._run(model, texts)
+            probs, encodings = await self._run(model, served.runner, texts)
         except Exception as exc:  # not a cancellation: a client that went away is no failure
             kind = "deadline" if isinstance(exc, DeadlineError) else "internal"
             self._log_failure(assignment, model, texts, hashed, started, kind, router.salt)
             raise
         finally:
+            self.variants.release(served)
             self._inflight -= 1
             if self._inflight == 0:
                 self.idle.set()
@@ -193,8 +200,10 @@ class Predictor:
         self._offer_shadow(assignment, texts, answers)
         return Answers(assignment, model.version, answers)
 
-    async def _run(self, model: VariantModel, texts: list[str]) -> tuple[Any, list[Any]]:
-        """Tokenise and run ``texts`` on ``model`` within the deadline."""
+    async def _run(
+        self, model: VariantModel, runner: Runner, texts: list[str]
+    ) -> tuple[Any, list[Any]]:
+        """Tokenise ``texts`` with ``model`` and run them on its ``runner`` within the deadline."""
         deadline_ms = self.settings.limits.deadline_ms
         try:
             async with asyncio.timeout(deadline_ms / 1000.0):
@@ -203,7 +212,7 @@ class Predictor:
                     encodings = await loop.run_in_executor(None, model.encode, texts)
                 else:
                     encodings = model.encode(texts)
-                return await self.runners[model.name].run(encodings), encodings
+                return await runner.run(encodings), encodings
         except TimeoutError:
             raise DeadlineError(
                 f"the prediction did not finish within {deadline_ms:g} ms"
@@ -256,11 +265,12 @@ class Predictor:
     ) -> None:
         """Hand a sampled share of requests to the shadow variant (scored after answering)."""
         shadow = self.experiment.shadow_for(assignment.variant)
-        if shadow is None:
+        model = None if shadow is None else self.models.get(shadow)
+        if model is None:
             return
         self.shadow.offer(
             ShadowJob(
-                model=self.models[shadow],
+                model=model,
                 texts=texts,
                 prediction_ids=[a["prediction_id"] for a in answers],
                 live_variant=assignment.variant,
@@ -309,21 +319,24 @@ class Predictor:
 
     def summary(self) -> dict[str, Any]:
         """GET /models: each variant's manifest summary plus serving settings."""
+        shares = self.experiment.router.shares
         return {
             "ready": self.ready,
             "batching": self.batching,
             "device": self.settings.device,
             "control": self.experiment.control,
             "variants": [
-                self.models[v.name].summary() | {"weight": self.experiment.router.shares[v.name]}
-                for v in self.settings.variants
+                served.model.summary()
+                | {"weight": shares.get(name, 0.0), "path": str(served.config.path)}
+                for name, served in self.variants.served.items()
             ],
+            "catalog": self.variants.summary(),
         }
 
     async def close(self) -> None:
         """Stop the batchers and the inference threads; flush the prediction log."""
-        for runner in self.runners.values():
-            await runner.close()
+        for served in self.variants.served.values():
+            await served.runner.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.experiment.close()
         self.shadow.close()

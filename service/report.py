@@ -61,7 +61,7 @@ def build_report(store: Store, settings: ServingConfig) -> dict[str, Any]:
         variants.append({
             "variant": name,
             "control": name == control,
-            "share": shares[name],
+            "share": shares.get(name, 0.0),  # 0: served, not in the state yet
             "enabled": name not in state.disabled,
             "traffic": c.traffic,
             "forced": c.forced,

@@ -117,6 +117,23 @@ MIGRATIONS.append(
         )""",
     ]
 )
+MIGRATIONS.append(
+    [
+        # hot model swap (service/catalog.py): the variants added, replaced or removed at
+        # runtime on top of the serving config's; a row's version is the catalog version of its
+        # last change (the catalog's version is the highest), removed ones stay as tombstones
+        """CREATE TABLE variants (
+            name TEXT PRIMARY KEY,
+            version INTEGER NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
+            status TEXT NOT NULL,
+            path TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            reason TEXT NOT NULL
+        )""",
+    ]
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 PREDICTION_COLUMNS = (

@@ -19,6 +19,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from service import metrics
@@ -71,6 +72,7 @@ class Experiment:
         self._new_monitors()
         self._history: tuple[int, list[Any]] = (-1, [])
         self._rng = random.Random()
+        self.watchers: list[Callable[[], None]] = []  # also called at every poll (swap.py)
         self._start()
         self._stop_polling = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="tuneserve-state", daemon=True)
@@ -124,6 +126,16 @@ class Experiment:
         self._apply(written.state, written.version)
         logger.info("experiment state changed to version %d", written.version)
         return made[-1]
+
+    def serve(self, settings: ServingConfig) -> None:
+        """Route among ``settings``' variants from now on (a hot swap added or removed one),
+        by the newest stored state."""
+        self.settings = settings
+        try:
+            version, state = self.row.read()
+        except Exception:  # the store is away: the poller adopts the newest state later
+            version, state = self.version, None
+        self._apply(state or self.state, version if state is not None else self.version)
 
     def summary(self) -> dict[str, Any]:
         """GET /ab/config."""
@@ -193,7 +205,7 @@ class Experiment:
         during a rolling update, may name others: they get no traffic from this replica)."""
         weights = state.effective_weights()
         served = {name: weights.get(name, 0.0) for name in self.settings.variant_names()}
-        if set(weights) != set(served):
+        if set(weights) - set(served):  # one served but not in the state just gets 0
             logger.warning(
                 "experiment state names variants %s, this replica serves %s: routing among "
                 "those served", sorted(weights), sorted(served),
@@ -213,6 +225,8 @@ class Experiment:
             try:
                 if self.row.version() != self.version:
                     self._follow()
+                for watch in self.watchers:
+                    watch()
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + interval_s

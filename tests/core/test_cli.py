@@ -27,6 +27,7 @@ def test_the_subcommands_are_the_stages() -> None:
             "loadtest",
             "keys",
             "ab-rollout",
+            "models",
         ]
     )
 

@@ -16,7 +16,7 @@ from tests.service.conftest import asgi_app, write_serving_config
 
 # BentoML's own documentation routes: its Swagger UI page, the assets it loads, its schema.
 DOCUMENTATION_ROUTES = {"/", "/schema.json", "/static_content"}
-METHODS = {"GET", "POST", "PUT"}
+METHODS = {"GET", "POST", "PUT", "DELETE"}
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,8 @@ def test_every_error_answer_has_the_error_shape_and_its_codes(document: dict[str
         ("put", "/ab/config"): {"400", "401", "403", "409", "413", "429", "503"},
         ("get", "/ab/report"): {"400", "503"} | keyed,
         ("get", "/livez"): {"503"},  # public: never a key
+        ("put", "/models/{name}"): {"400", "401", "403", "409", "413", "422", "429", "503"},
+        ("delete", "/models/{name}"): {"401", "403", "404", "409", "503"},
     }
     for (method, path), codes in expected.items():
         responses = document["paths"][path][method]["responses"]
@@ -132,7 +134,8 @@ def test_every_error_answer_has_the_error_shape_and_its_codes(document: dict[str
     error = document["components"]["schemas"]["Error"]
     assert error["required"] == ["error", "kind", "status"]
     kinds = {"invalid_input", "unauthorized", "forbidden", "not_found", "too_large",
-             "overloaded", "unavailable", "deadline", "conflict", "rate_limited"}  # fmt: skip
+             "overloaded", "unavailable", "deadline", "conflict", "rate_limited",
+             "model_rejected"}  # fmt: skip
     assert kinds <= set(error["properties"]["kind"]["enum"])
 
 
