@@ -103,7 +103,7 @@ def test_every_error_answer_has_the_error_shape_and_its_codes(document: dict[str
         ("get", "/ab/report"): {"400", "503"} | keyed,
         ("get", "/livez"): {"503"},  # public: never a key
         ("put", "/models/{name}"): {"400", "401", "403", "409", "413", "422", "429", "503"},
-        ("delete", "/models/{name}"): {"401", "403", "404", "409", "503"},
+        ("delete", "/models/{name}"): {"401", "403", "404", "409", "429", "503"},
     }
     for (method, path), codes in expected.items():
         responses = document["paths"][path][method]["responses"]

@@ -55,6 +55,9 @@ class BrokenRunner:
     async def close(self) -> None:
         await self.runner.close()
 
+    def retire(self) -> None:
+        self.runner.retire()
+
 
 @pytest.fixture(autouse=True)
 def _id_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,7 +186,8 @@ def test_a_failing_challenger_is_rolled_back_by_its_guardrail(
     tmp_path: Path, tiny_exports: dict[str, Path], new_store: Callable[[], Path | str]
 ) -> None:
     predictor = _predictor(tmp_path, tiny_exports, new_store())
-    predictor.runners["tuned"] = BrokenRunner(predictor.runners["tuned"])  # type: ignore[assignment]
+    served = predictor.variants.served["tuned"]
+    served.runner = BrokenRunner(served.runner)  # type: ignore[assignment]
     kinds = _simulate(predictor, {"baseline": 0.8, "tuned": 0.8}, rounds=3)
     assert kinds == ["start", "rollback"], kinds
     event = read_events(predictor.store)[-1]
