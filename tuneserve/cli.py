@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from tuneserve import __version__
+from tuneserve.commands import cost
 from tuneserve.errors import TuneserveError
 
 log = logging.getLogger("tuneserve")
 SERVING_CONFIG_HELP = "serving config (default: $TUNESERVE_SERVING_CONFIG or configs/serving.toml)"
 Subparsers = Any  # argparse._SubParsersAction, private
 # tuneserve/commands/ modules, each with add(sub); they import their stage inside handlers
-COMMAND_MODULES: tuple[Any, ...] = ()
+COMMAND_MODULES: tuple[Any, ...] = (cost,)
 
 
 def _train(args: argparse.Namespace) -> int:
