@@ -47,8 +47,13 @@ def _price(text: str, what: str) -> float:
         price = float(text)
     except ValueError:
         raise ConfigError(f"{what}: price {text!r} is not a number (per instance-hour)") from None
+    return check_price(price, what)
+
+
+def check_price(price: float, what: str) -> float:
+    """The price, refused unless above 0 (and finite)."""
     if not price > 0 or not math.isfinite(price):
-        raise ConfigError(f"{what}: the price per instance-hour must be above 0, got {text}")
+        raise ConfigError(f"{what}: the price per instance-hour must be above 0, got {price:g}")
     return price
 
 
@@ -196,6 +201,8 @@ def plan(
     if not 0 < headroom <= 1:
         raise ConfigError(f"--headroom is the utilisation planned per instance, above 0 and at "
                           f"most 1 (e.g. 0.7), got {headroom}")  # fmt: skip
+    for profile in profiles:
+        check_price(profile.price_per_hour, f"profile {profile.name}")
     estimates = {p.name: estimate(p, target_rps, headroom) for p in profiles}
     cheapest = min(estimates, key=lambda n: estimates[n]["cost_per_hour"])
     return {

@@ -29,8 +29,9 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """The highest resident set size this process has had (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    """The highest resident set size this process has had (the kernel's high-water mark, in
+    KiB on Linux, lags the current figure by a few pages: never below it here)."""
+    return max(int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, rss_bytes())
 
 
 _nvml_module: Any = None

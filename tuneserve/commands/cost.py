@@ -11,7 +11,7 @@ EXAMPLE = ("e.g. tuneserve cost artifacts/loadtest/max/report.json --price-per-h
 
 
 def _cost(args: argparse.Namespace) -> int:
-    from loadtests.cost import Profile, parse_profile, read_find_max
+    from loadtests.cost import Profile, check_price, parse_profile, read_find_max
     from loadtests.costreport import run_cost
     from tuneserve.errors import ConfigError
 
@@ -20,6 +20,7 @@ def _cost(args: argparse.Namespace) -> int:
         if args.price_per_hour is None:
             raise ConfigError(f"{args.report} needs --price-per-hour (per instance-hour); "
                               f"{EXAMPLE}")  # fmt: skip
+        check_price(args.price_per_hour, "--price-per-hour")
         memory = read_find_max(Path(args.report)).get("server_memory") or {}
         name = "gpu" if memory.get("server", {}).get("device") == "cuda" else "cpu"
         profiles.insert(0, Profile(name, Path(args.report), args.price_per_hour))
