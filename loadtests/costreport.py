@@ -67,7 +67,9 @@ def format_cost_table(result: dict[str, Any]) -> str:
     names = list(result["profiles"])
     lines = [["", *names]]
     for label, cell in _rows(result["currency"], result["target_rps"]):
-        lines.append([label, *(cell(result["profiles"][n]) for n in names)])
+        cells = [cell(result["profiles"][n]) for n in names]
+        if any(c != "-" for c in cells):  # a figure no profile has (CUDA on CPU) is left out
+            lines.append([label, *cells])
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                for i, (c, w) in enumerate(zip(line, widths, strict=True))).rstrip()
@@ -109,7 +111,8 @@ def plot_costs(result: dict[str, Any], path: Path) -> None:
                               (f"per month at {result['target_rps']:g} req/s ({cur})",
                                f"per 1M predictions, full use ({cur})"),
                               strict=True):  # fmt: skip
-        ax.bar(names, [result["profiles"][n][key] for n in names], color="#37c")
+        bars = ax.bar(names, [result["profiles"][n][key] for n in names], color="#37c")
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
