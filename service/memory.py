@@ -20,8 +20,10 @@ SAMPLE_S = 2.0
 
 def worker_name() -> str:
     """This worker's BentoML index ("1", "2", ...), or "0" outside `bentoml serve` (tests)."""
-    from bentoml._internal.context import server_context
-
+    try:  # BentoML's own record of the --worker-id it started this process with
+        from bentoml._internal.context import server_context
+    except ImportError:
+        return "0"
     index = server_context.worker_index
     return "0" if index is None else str(index)
 
