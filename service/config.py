@@ -187,7 +187,10 @@ class StoreConfig(StrictConfig):
         description="prediction rows waiting to be written; beyond it rows are dropped "
         "and counted (tuneserve_log_dropped_total)",
     )
-    log_text: bool = Field(False, description="also store the request text (off: never stored)")
+    log_text: bool = Field(
+        False,
+        description="also store the request text, masked first by [masking] (off: never stored)",
+    )
     pool_min_size: PositiveInt = Field(
         1,
         description="PostgreSQL: connections each store pool of a worker keeps open (a worker "
@@ -284,6 +287,70 @@ class LimitsConfig(StrictConfig):
     retry_after_s: PositiveInt = Field(1, description="Retry-After sent with 503")
 
 
+class AuthConfig(StrictConfig):
+    """API keys (service/auth.py): off by default, so a localhost quick start needs none."""
+
+    require_keys: bool = Field(
+        False,
+        description="every route but the public ones (probes, /metrics, the docs, /v2/health) "
+        "needs an API key (`tuneserve keys create`) or the admin token; off: all open as before",
+    )
+    refresh_s: PositiveFloat = Field(
+        1.0,
+        description="how often each worker re-reads the keys from the store: a new or revoked "
+        "key takes effect in every worker of every replica within this (plus one read)",
+    )
+    rate_per_s: NonNegativeFloat = Field(
+        50.0,
+        description="default rate limit of a key, requests/s per replica (split evenly across "
+        "its workers); a key's own --rate wins; 0: unlimited",
+    )
+    burst: PositiveInt = Field(
+        100, description="default burst of a key (token-bucket capacity per replica, split "
+        "evenly across its workers); a key's own --burst wins",
+    )  # fmt: skip
+
+
+MaskKind = Literal["email", "phone", "card", "iban", "id"]
+MASK_KINDS: tuple[MaskKind, ...] = ("email", "phone", "card", "iban", "id")
+
+
+class MaskingConfig(StrictConfig):
+    """What is masked in request text before it is stored (store.log_text; service/masking.py)."""
+
+    kinds: list[MaskKind] = Field(
+        default_factory=lambda: list(MASK_KINDS),
+        description="built-in detectors: email, phone, card (13-19 digits passing Luhn), iban, "
+        "id (national-id formats and runs of 9+ digits); [] masks only the patterns below",
+    )
+    patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="your own: name -> regular expression; each match becomes [NAME]",
+    )
+
+    @model_validator(mode="after")
+    def _check_patterns(self) -> MaskingConfig:
+        for name, pattern in self.patterns.items():
+            if not _NAME.match(name):
+                raise ValueError(
+                    f"masking.patterns name {name!r} must be 1-32 lowercase letters, digits, "
+                    "'-' or '_' (it becomes the [NAME] that replaces a match)"
+                )
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"masking.patterns.{name} is not a valid regular expression ({exc}): "
+                    f"{pattern!r}"
+                ) from None
+            if compiled.fullmatch(""):
+                raise ValueError(
+                    f"masking.patterns.{name} matches the empty string ({pattern!r}): it would "
+                    "mask between every character; make it match at least one character"
+                )
+        return self
+
+
 class ServingConfig(StrictConfig):
     """Everything `bentoml serve` needs to serve tuneserve's variants."""
 
@@ -322,6 +389,13 @@ class ServingConfig(StrictConfig):
     )
     guardrails: GuardrailConfig = Field(
         default_factory=lambda: GuardrailConfig.model_validate({}), description="guardrails"
+    )
+    auth: AuthConfig = Field(
+        default_factory=lambda: AuthConfig.model_validate({}), description="API keys"
+    )
+    masking: MaskingConfig = Field(
+        default_factory=lambda: MaskingConfig.model_validate({}),
+        description="masking of stored request text",
     )
     backstop_timeout_s: PositiveInt = Field(
         30, description="BentoML's own request timeout, a backstop behind limits.deadline_ms"
@@ -394,10 +468,12 @@ def load_serving_config(path: Path | None = None) -> ServingConfig:
 
 __all__ = [
     "CONFIG_ENV",
+    "AuthConfig",
     "BatchingConfig",
     "ExperimentConfig",
     "GuardrailConfig",
     "LimitsConfig",
+    "MaskingConfig",
     "ServingConfig",
     "ShadowConfig",
     "StoreConfig",

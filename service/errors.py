@@ -42,14 +42,15 @@ class InvalidInputError(ServiceError):
 
 
 class UnauthorizedError(ServiceError):
-    """An admin call without a valid bearer token."""
+    """An admin call without a valid bearer token, or (auth.require_keys) no API key in force."""
 
     status = 401
     kind = "unauthorized"
 
 
 class ForbiddenError(ServiceError):
-    """An admin call the service refuses whatever the token (no admin token configured)."""
+    """An admin call the service refuses whatever the token (no admin token configured), or an
+    API key without the scope the route needs."""
 
     status = 403
     kind = "forbidden"
@@ -81,6 +82,15 @@ class PayloadTooLargeError(ServiceError):
 
     status = 413
     kind = "too_large"
+
+
+class RateLimitedError(ServiceError):
+    """An API key over its rate limit (service/ratelimit.py); retry after ``Retry-After``.
+
+    Not in CONTRACT_ERRORS: another layer's 429 is BentoML's backstop ("overloaded")."""
+
+    status = 429
+    kind = "rate_limited"
 
 
 class OverloadedError(ServiceError):

@@ -158,3 +158,15 @@ DEVICE_MEMORY = Gauge(
     ["worker", "device"],
     multiprocess_mode="livemostrecent",
 )
+KEY_REQUESTS = Counter(
+    "tuneserve_key_requests",
+    "Requests made with an API key (auth.require_keys), by key id (never the key or its name; "
+    "admin-token for the admin token) and status code (outcome)",
+    ["key_id", "outcome"],
+)
+AUTH_REFUSALS = Counter(
+    "tuneserve_auth_refusals",
+    "Requests refused for their key, by reason (missing, unknown, revoked, scope, "
+    "rate_limited, not_loaded)",
+    ["reason"],
+)

@@ -29,6 +29,7 @@ from service.errors import (
 )
 from service.experiment import Experiment
 from service.ids import PredictionIds, load_key
+from service.masking import Masker
 from service.memory import MemorySampler
 from service.model import VariantModel
 from service.pool import StoreUnavailableError
@@ -87,6 +88,7 @@ class Predictor:
             max_queue=store.log_queue_size,
         )
         self.store = Store(store_at, store.busy_timeout_ms, pool=store.pool())
+        self.mask = Masker(settings.masking)  # stored text is masked first (store.log_text)
         self.labels = sorted({label for m in self.models.values() for label in m.labels})
         self.idle = threading.Event()  # set while no prediction is in flight in this worker
         self.idle.set()
@@ -152,7 +154,7 @@ class Predictor:
         router = self.experiment.router  # one state for the whole request, whatever lands
         assignment = router.choose(user_id=user_id, forced=forced)
         model = self.models[assignment.variant]
-        hashed = unit_hash(self.settings.experiment.salt, user_id) if user_id else None
+        hashed = unit_hash(router.salt, user_id) if user_id else None  # the salt in force
         self._inflight += 1
         self.idle.clear()
         try:
@@ -176,7 +178,7 @@ class Predictor:
                 | {
                     "label": prediction.label,
                     "score": prediction.score,
-                    "text": text if self.settings.store.log_text else None,
+                    "text": self.mask(text) if self.settings.store.log_text else None,
                 }
             )
             answers.append(

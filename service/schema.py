@@ -82,6 +82,23 @@ MIGRATIONS.append(
         "CREATE INDEX predictions_variant_ts ON predictions (variant, ts)",
     ]
 )
+MIGRATIONS.append(
+    [
+        # API keys (service/apikeys.py): only a sha256 of each key is kept; scopes is a
+        # comma-separated list; revoked is when (NULL: in force); rate_per_s and burst NULL: the
+        # serving config's [auth] defaults
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            revoked DOUBLE PRECISION,
+            rate_per_s DOUBLE PRECISION,
+            burst INTEGER
+        )""",
+    ]
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 PREDICTION_COLUMNS = (

@@ -71,6 +71,10 @@ def test_every_route_is_documented_and_every_documented_path_is_a_route(
     assert {p for _, p in served} >= {"/predict", "/predict_batch", "/feedback", "/models",
                                        "/ab/report", "/ab/config", "/livez", "/readyz",
                                        "/metrics"}  # fmt: skip
+    v2 = {("GET", "/v2"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready")}
+    for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        v2 |= {("GET", model), ("GET", f"{model}/ready"), ("POST", f"{model}/infer")}
+    assert served >= v2
 
 
 def test_the_document_is_valid_openapi(document: dict[str, Any]) -> None:
@@ -90,28 +94,45 @@ def test_request_bodies_are_the_endpoints_own(document: dict[str, Any]) -> None:
 
 
 def test_every_error_answer_has_the_error_shape_and_its_codes(document: dict[str, Any]) -> None:
+    keyed = {"401", "403", "429"}  # a key missing, without the scope, over its limit
     expected = {
-        ("post", "/predict"): {"400", "413", "429", "503", "504"},
-        ("post", "/predict_batch"): {"400", "413", "429", "503", "504"},
-        ("post", "/feedback"): {"400", "404", "413", "429", "503"},
+        ("post", "/predict"): {"400", "413", "429", "503", "504"} | keyed,
+        ("post", "/predict_batch"): {"400", "413", "429", "503", "504"} | keyed,
+        ("post", "/feedback"): {"400", "404", "413", "429", "503"} | keyed,
         ("put", "/ab/config"): {"400", "401", "403", "409", "413", "429", "503"},
-        ("get", "/ab/report"): {"400", "503"},
+        ("get", "/ab/report"): {"400", "503"} | keyed,
+        ("get", "/livez"): {"503"},  # public: never a key
     }
     for (method, path), codes in expected.items():
         responses = document["paths"][path][method]["responses"]
         assert {c for c in responses if c != "200"} == codes, (method, path)
+    scopes = {(m, p): op.get("x-scope") for p, ops in document["paths"].items()
+              for m, op in ops.items()}  # fmt: skip
+    assert scopes[("post", "/predict")] == "predict" and scopes[("put", "/ab/config")] == "admin"
+    assert scopes[("get", "/metrics")] is None and scopes[("get", "/docs.json")] is None
+    for answer in (document["paths"]["/predict"]["post"]["responses"]["429"],):
+        assert {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
+                "RateLimit-Reset"} <= set(answer["headers"])  # fmt: skip
+    assert {"bearer", "apiKey", "admin"} <= set(document["components"]["securitySchemes"])
+    assert {} in document["paths"]["/predict"]["post"]["security"]  # keys are optional
+    assert {} not in document["paths"]["/ab/config"]["put"]["security"]  # admin never is
     for path, ops in document["paths"].items():
         for method, op in ops.items():
             for code, answer in op["responses"].items():
                 if code.startswith(("4", "5")):
                     schema = answer["content"]["application/json"]["schema"]
-                    assert schema == {"$ref": "#/components/schemas/Error"}, (method, path)
+                    # the v2 protocol's routes answer its own shape, {"error": message}
+                    shape = "V2Error" if path.startswith("/v2") else "Error"
+                    assert schema == {"$ref": f"#/components/schemas/{shape}"}, (method, path)
                 if code == "503":
                     assert "Retry-After" in answer["headers"], (method, path)
+    v2_infer = document["paths"]["/v2/models/{name}/infer"]["post"]["responses"]
+    assert {c for c in v2_infer if c != "200"} == {"400", "404", "413", "429", "503", "504"}
+    assert document["components"]["schemas"]["V2Error"]["required"] == ["error"]
     error = document["components"]["schemas"]["Error"]
     assert error["required"] == ["error", "kind", "status"]
     kinds = {"invalid_input", "unauthorized", "forbidden", "not_found", "too_large",
-             "overloaded", "unavailable", "deadline", "conflict"}  # fmt: skip
+             "overloaded", "unavailable", "deadline", "conflict", "rate_limited"}  # fmt: skip
     assert kinds <= set(error["properties"]["kind"]["enum"])
 
 

@@ -201,3 +201,50 @@ def test_cuda_without_gpu_falls_back_to_cpu_with_a_warning(
         session = make_session(model_path, threads=1, provider="cuda")
     assert session.get_providers() == ["CPUExecutionProvider"]
     assert "running model.int8.onnx on CPU" in caplog.text
+
+
+def test_logged_unit_hash_uses_the_salt_in_force(
+    tmp_path: Path, tiny_exports: dict[str, Path]
+) -> None:
+    """A salt changed at runtime starts a new experiment: its rows must not be linkable to the
+    old experiment's by the unit hash, so the log hashes with the salt in force."""
+    from service.store import Store, unit_hash
+
+    predictor = Predictor(_settings(tmp_path, tiny_exports))
+    predictor.warm_up()
+    old_salt = predictor.experiment.router.salt
+    asyncio.run(predictor.predict(["good"], user_id="user-1"))
+    predictor.experiment.change({"salt": "fresh-salt"})
+    assert predictor.experiment.router.salt == "fresh-salt"
+    asyncio.run(predictor.predict(["good"], user_id="user-1"))
+    asyncio.run(predictor.close())
+    store = Store(predictor.settings.store.location())
+    rows = store.conn.execute("SELECT salt, unit_hash FROM predictions ORDER BY ts").fetchall()
+    assert [tuple(r) for r in rows] == [
+        (old_salt, unit_hash(old_salt, "user-1")),
+        ("fresh-salt", unit_hash("fresh-salt", "user-1")),
+    ]
+
+
+def test_stored_text_is_masked_and_the_user_id_only_hashed(
+    tmp_path: Path, tiny_exports: dict[str, Path]
+) -> None:
+    from service.store import Store, unit_hash
+
+    settings = _settings(tmp_path, tiny_exports, store={"log_text": True})
+    predictor = Predictor(settings)
+    predictor.warm_up()
+    text = "great film, mail me at ann.lee@example.com or call +44 20 7946 0958 on 2024-03-15"
+    user = "ann.lee@example.com"
+
+    async def run() -> None:
+        await predictor.predict([text], user_id=user)
+        await predictor.close()  # flushes the prediction log
+
+    asyncio.run(run())
+    store = Store(settings.store.location())
+    rows = store.conn.execute("SELECT text, unit_hash FROM predictions").fetchall()
+    store.close()
+    assert rows == [("great film, mail me at [EMAIL] or call [PHONE] on 2024-03-15",
+                     unit_hash(settings.experiment.salt, user))]  # fmt: skip
+    assert user not in str(rows)
