@@ -19,6 +19,7 @@ from tuneserve.errors import ManifestError
 from tuneserve.inference import encode_batch, load_tokenizer, make_session
 from tuneserve.machine import describe_machine
 from tuneserve.manifest import Manifest, read_manifest
+from tuneserve.memory import memory_figures, rss_bytes
 from tuneserve.percentiles import percentile
 
 log = logging.getLogger(__name__)
@@ -153,13 +154,16 @@ def run_bench(export_dir: Path, sentences: int = 600, out: str | None = None) ->
             candidates.append(
                 (label, lambda: _onnx_runner(export_dir / details["serving_model"], provider))
             )
-    runners, sizes = {}, {}
+    runners, sizes, grown = {}, {}, {}
     for name, build in candidates:
+        before = rss_bytes()
         runners[name], sizes[name] = build()
+        grown[name] = rss_bytes() - before
     log.info("benchmarking %s", ", ".join(runners))
     results = measure(runners, tokenizer, names, texts, labels, sentences, pad_id)
     for name, r in results.items():
         r["file_mb"] = round(sizes[name] / 2**20, 2)
+        r["rss_growth_at_load_mib"] = round(grown[name] / 2**20, 1)
     reference = results["pytorch-fp32-eager"]
     for r in results.values():
         r["agreement_with_pytorch"] = float(
@@ -178,6 +182,9 @@ def run_bench(export_dir: Path, sentences: int = 600, out: str | None = None) ->
         "threads": {"torch": torch.get_num_threads(), "onnxruntime_intra_op": os.cpu_count()},
         "machine": describe_machine(),
         "models": results,
+        # this process after timing every model (PyTorch included): an upper bound for one of
+        # them; a serving worker's own figure is in a load-test report (server_memory)
+        "process_memory": memory_figures(cuda=any(n == "serving-gpu-fp16" for n in runners)),
         "size_ratio_serving_vs_fp32": results[list(results)[-1]]["file_mb"]
         / results["onnx-fp32"]["file_mb"],
     }
@@ -213,6 +220,14 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{r['file_mb']:.1f} | "
             f"{r['speedup_p50']:.2f}x | {r['throughput_ratio']:.2f}x |"
         )
+    memory = report.get("process_memory")
+    if memory:
+        cuda = "".join(f", {d} {mib:.0f} MiB" for d, mib in memory.get("cuda_mib", {}).items())
+        lines += [
+            "",
+            f"Memory of this benchmark process (every model loaded, PyTorch included): "
+            f"RSS {memory['rss_mib']:.0f} MiB, peak {memory['peak_rss_mib']:.0f} MiB{cuda}.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,7 @@ def find_max_rate(
         overall = result["rows"][0]
         trials.append({"offered_rps": rate, "folder": folder.name, "breaches": breaches,
                        "rows": result["rows"], "p50_ms": overall["p50_ms"],
-                       "p99_ms": overall["p99_ms"]})  # fmt: skip
+                       "p99_ms": overall["p99_ms"], "window": result["window"]})  # fmt: skip
         log.info("  %.1f req/s: p99 %s ms, failures %.2f%%: %s", rate,
                  "-" if overall["p99_ms"] is None else f"{overall['p99_ms']:.1f}",
                  overall["failure_pct"], "; ".join(breaches) or "SLO met")  # fmt: skip

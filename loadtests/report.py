@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from loadtests.memory import memory_line
 from tuneserve.machine import describe_machine
 
 
@@ -93,5 +94,7 @@ def write_report(run_dir: Path, report: dict[str, Any], table: str) -> None:
         lines.append(f"- SLO `{report['slo']}`: {verdict}")
     if report.get("max_rate_rps") is not None:
         lines.append(f"- highest offered rate meeting the SLO: {report['max_rate_rps']:.1f} req/s")
+    if "server_memory" in report:
+        lines.append(f"- {memory_line(report['server_memory'])}")
     lines += ["", "```", table, "```", ""]
     (run_dir / "report.md").write_text("\n".join(lines))

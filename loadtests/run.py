@@ -14,6 +14,7 @@ from typing import Any
 from loadtests.config import ClusterConfig, LoadTestConfig
 from loadtests.errors import LoadTestError
 from loadtests.findmax import find_max_rate
+from loadtests.memory import ServerMemory, memory_line, summarise
 from loadtests.plots import plot_over_time, plot_vs_load
 from loadtests.report import base_report, format_table, write_report
 from loadtests.runner import LOCAL, check_host, resolve_traffic, run_locust, worker_processes
@@ -105,34 +106,18 @@ def _measure(
     report |= {"mode": _mode(cfg, find_max, cluster), "config": cfg.model_dump(mode="json"),
                "slo": slo, "cluster": cluster.model_dump(mode="json")}  # fmt: skip
     log.info("%s -> %s; %s", report["mode"], run_dir, report["load_generator"])
-    slo_p99 = next((b.limit for b in bounds if b.key == "p99"), None)
     title = f"{cfg.host}: {report['mode']}\n{report['load_generator'].split(':')[0]}"
-    if find_max:
-        search = find_max_rate(cfg, bounds, run_dir, traffic, max_rate, precision=precision)
-        report |= search
-        best = next((t for t in search["trials"] if t["offered_rps"] == search["max_rate_rps"]),
-                    None)  # fmt: skip
-        rows = best["rows"] if best else search["trials"][-1]["rows"]
-        report["breaches"] = [] if best else ["no offered rate met the SLO"]
-        plot_vs_load(search["trials"], title, run_dir / "latency_vs_load.png", slo_p99,
-                     "offered rate (requests/s, open loop)")  # fmt: skip
-        trial_dir = run_dir / (best or search["trials"][-1])["folder"]
-        plot_over_time(json.loads((trial_dir / "windows.json").read_text()), cfg.warmup_s,
-                       title, run_dir / "latency_over_time.png")  # fmt: skip
-    else:
-        result = run_locust(cfg, run_dir, traffic, cluster=cluster)
-        rows = result["rows"]
-        report |= {"rows": rows, "window": result["window"], "meta": result["meta"]}
-        report["breaches"] = check_slo(bounds, rows)
-        points = [p | {"offered_rps": p["sent_per_s"]} for p in result["windows"]
-                  if p["t_s"] >= cfg.warmup_s]  # fmt: skip
-        plot_over_time(result["windows"], cfg.warmup_s, title, run_dir / "latency_over_time.png")
-        plot_vs_load(points, title, run_dir / "latency_vs_load.png", slo_p99,
-                     "requests sent per second (1-second windows after the warm-up)")  # fmt: skip
+    with ServerMemory(cfg.host) as memory:  # the server's own figures, from its /metrics
+        if find_max:
+            rows = _search(cfg, bounds, run_dir, traffic, max_rate, precision, title, report)
+        else:
+            rows = _single(cfg, bounds, run_dir, traffic, cluster, title, report)
+    _add_memory(report, memory)
     table = format_table(rows, open_loop=cfg.open_loop or find_max)
     write_report(run_dir, report, table)
     print(f"{report['load_generator']}\n{report['mode']}")
     print(table)
+    print(memory_line(report["server_memory"]))
     if find_max:
         if report["max_rate_rps"]:
             capped = " (the --max-rate cap)" if report["capped"] else ""
@@ -146,3 +131,54 @@ def _measure(
         print(f"SLO met: {slo}")
     print(f"-> {run_dir}")
     return SLO_BROKEN_EXIT if report["breaches"] else 0
+
+
+def _search(
+    cfg: LoadTestConfig, bounds: list[Bound], run_dir: Path, traffic: list[list[Any]],
+    max_rate: float, precision: float, title: str, report: dict[str, Any],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The find-max search into ``report`` and its plots; the rows of the best trial (else the
+    last)."""
+    search = find_max_rate(cfg, bounds, run_dir, traffic, max_rate, precision=precision)
+    report |= search
+    best = next((t for t in search["trials"] if t["offered_rps"] == search["max_rate_rps"]),
+                None)  # fmt: skip
+    report["breaches"] = [] if best else ["no offered rate met the SLO"]
+    slo_p99 = next((b.limit for b in bounds if b.key == "p99"), None)
+    plot_vs_load(search["trials"], title, run_dir / "latency_vs_load.png", slo_p99,
+                 "offered rate (requests/s, open loop)")  # fmt: skip
+    trial_dir = run_dir / (best or search["trials"][-1])["folder"]
+    plot_over_time(json.loads((trial_dir / "windows.json").read_text()), cfg.warmup_s,
+                   title, run_dir / "latency_over_time.png")  # fmt: skip
+    return list((best or search["trials"][-1])["rows"])
+
+
+def _add_memory(report: dict[str, Any], memory: ServerMemory) -> None:
+    """The server's memory in the measured window: of the run, or of each find-max trial, and
+    of the best trial (the operating point the cost estimate uses)."""
+    if "trials" not in report:
+        report["server_memory"] = memory.summary(**report["window"])
+        return
+    for trial in report["trials"]:
+        trial["server_memory"] = summarise(memory.samples, **trial["window"])
+    best = next((t for t in report["trials"] if t["offered_rps"] == report["max_rate_rps"]),
+                None)  # fmt: skip
+    report["server_memory"] = memory.summary(**best["window"]) if best else memory.summary()
+
+
+def _single(
+    cfg: LoadTestConfig, bounds: list[Bound], run_dir: Path, traffic: list[list[Any]],
+    cluster: ClusterConfig, title: str, report: dict[str, Any],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One run into ``report`` and its plots; its summary rows."""
+    result = run_locust(cfg, run_dir, traffic, cluster=cluster)
+    rows: list[dict[str, Any]] = result["rows"]
+    report |= {"rows": rows, "window": result["window"], "meta": result["meta"]}
+    report["breaches"] = check_slo(bounds, rows)
+    points = [p | {"offered_rps": p["sent_per_s"]} for p in result["windows"]
+              if p["t_s"] >= cfg.warmup_s]  # fmt: skip
+    slo_p99 = next((b.limit for b in bounds if b.key == "p99"), None)
+    plot_over_time(result["windows"], cfg.warmup_s, title, run_dir / "latency_over_time.png")
+    plot_vs_load(points, title, run_dir / "latency_vs_load.png", slo_p99,
+                 "requests sent per second (1-second windows after the warm-up)")  # fmt: skip
+    return rows

@@ -143,6 +143,21 @@ EXPERIMENT_STATE_VERSION = Gauge(
     "every pod converges to the stored one within seconds",
     multiprocess_mode="livemax",
 )
+# deployment cost (issue 18): each worker's memory, sampled by service/memory.py
+PROCESS_MEMORY = Gauge(
+    "tuneserve_process_resident_memory_bytes",
+    "Resident set size of each worker process, by BentoML worker index (sampled every 2 s; a "
+    "dead worker's series is dropped)",
+    ["worker"],
+    multiprocess_mode="livemostrecent",
+)
+DEVICE_MEMORY = Gauge(
+    "tuneserve_device_memory_bytes",
+    "CUDA device memory each worker process holds (NVML's per-process figure, as nvidia-smi "
+    "shows it), by worker index and device (cuda:N); absent on CPU",
+    ["worker", "device"],
+    multiprocess_mode="livemostrecent",
+)
 KEY_REQUESTS = Counter(
     "tuneserve_key_requests",
     "Requests made with an API key (auth.require_keys), by key id (never the key or its name; "

@@ -32,6 +32,7 @@ from service.errors import (
 from service.experiment import Experiment
 from service.ids import PredictionIds, load_key
 from service.masking import Masker
+from service.memory import MemorySampler
 from service.model import VariantModel
 from service.pool import StoreUnavailableError
 from service.predlog import PredictionLog
@@ -96,6 +97,8 @@ class Predictor:
         self.ready = False
         self.warmup_error: BaseException | None = None
         metrics.READY.set(0)
+        cuda = any(m.provider == "CUDAExecutionProvider" for m in self.models.values())
+        self.memory = MemorySampler(cuda)  # the worker's memory gauges, off the request path
         logger.info(
             "loaded variants %s (batching %s, %d inference thread(s), %d ONNX Runtime thread(s))",
             ", ".join(f"{n}={m.version}" for n, m in self.models.items()),
@@ -339,6 +342,7 @@ class Predictor:
             await served.runner.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.experiment.close()
+        self.memory.close()
         self.shadow.close()
         self.log.close()
         self.store.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneserve import __version__
-from tuneserve.commands import analyze, keys, rollout
+from tuneserve.commands import analyze, cost, keys, rollout
 from tuneserve.commands import models as models_command
 from tuneserve.errors import TuneserveError
 
@@ -21,7 +21,7 @@ log = logging.getLogger("tuneserve")
 SERVING_CONFIG_HELP = "serving config (default: $TUNESERVE_SERVING_CONFIG or configs/serving.toml)"
 Subparsers = Any  # argparse._SubParsersAction, private
 # tuneserve/commands/ modules, each with add(sub); they import their stage inside handlers
-COMMAND_MODULES: tuple[Any, ...] = (analyze, keys, rollout, models_command)
+COMMAND_MODULES: tuple[Any, ...] = (analyze, keys, rollout, models_command, cost)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ def test_the_subcommands_are_the_stages() -> None:
             "keys",
             "ab-rollout",
             "models",
+            "cost",
         ]
     )
 

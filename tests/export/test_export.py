@@ -276,6 +276,10 @@ def test_bench_model(exports: dict[str, Path], tmp_path: Path) -> None:
     assert report["models"]["serving-cpu-int8"]["batch32_agreement_with_batch1"] >= 0.9
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert "| serving-cpu-int8 |" in (tmp_path / "bench.md").read_text()
+    # the benchmark process's own memory, and no CUDA figure on a CPU-only export
+    memory = report["process_memory"]
+    assert 0 < memory["rss_mib"] <= memory["peak_rss_mib"] and "cuda_mib" not in memory
+    assert report["models"]["pytorch-fp32-eager"]["rss_growth_at_load_mib"] > 0
 
 
 # --- bad input ---------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO, make_sentences
 from tests.service.conftest import write_serving_config
@@ -85,6 +87,16 @@ def test_two_workers_predict_count_and_keep_text_out_of_logs(
     assert delta("tuneserve_inference_seconds_count") == 64
     assert metric_value(after, "tuneserve_ready") == 1
     assert metric_value(after, "tuneserve_model_info") == 2  # max over workers, per variant
+    # each worker's own memory (service/memory.py): one series per BentoML worker index, its
+    # figure the worker's RSS (sampled every 2 s), none for a device on CPU
+    rss = {s.labels["worker"]: s.value for f in text_string_to_metric_families(after)
+           for s in f.samples if s.name == "tuneserve_process_resident_memory_bytes"}  # fmt: skip
+    assert rss.keys() == {"1", "2"}, rss
+    workers = [c.memory_info().rss for c in psutil.Process(server.proc.pid).children(True)
+               if any("_bentoml_impl.worker" in part for part in c.cmdline())]  # fmt: skip
+    assert len(workers) == 2
+    assert sum(rss.values()) == pytest.approx(sum(workers), rel=0.15)
+    assert "tuneserve_device_memory_bytes{" not in after
     server.stop()
     log = server.log.read_text()
     assert "entry_service:tuneserve:2" in log, "the second worker never logged"
