@@ -59,7 +59,15 @@ def main() -> int:
     )
     parser.add_argument("--student-epochs", type=float, default=3.0, help="student epochs")
     parser.add_argument("--timed", type=int, default=600, help="batch-1 timed sentences")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch training threads (0: all cores)"
+    )
+    parser.add_argument(
+        "--student-set", action="append", default=[], metavar="KEY=VALUE",
+        help="more --set overrides for the students, e.g. distill.freeze_word_embeddings=true",
+    )  # fmt: skip
     args = parser.parse_args()
+    threads = ["--set", f"train.num_threads={args.threads}"]
     logging.basicConfig(level=logging.WARNING)
     rows: dict[str, dict[str, Any]] = {}
     seconds: dict[str, dict[str, float]] = {}
@@ -69,7 +77,7 @@ def main() -> int:
         seconds["teacher"] = {}
     else:
         train_s = step(["train", "--config", CONFIG, "--method", "lora",
-                        "--run-id", args.run_id, "--overwrite"])  # fmt: skip
+                        "--run-id", args.run_id, "--overwrite", *threads])  # fmt: skip
         teacher = Path("artifacts/train") / f"{args.run_id}-lora"
         seconds["teacher"] = {"train_s": train_s}
     exports = {"teacher": export(teacher)}
@@ -81,7 +89,8 @@ def main() -> int:
             ["train", "--config", CONFIG, "--method", "distill", "--teacher", str(teacher),
              "--run-id", f"{args.run_id}-L{k}", "--overwrite",
              "--set", f"distill.layers={k}", "--set", f"distill.epochs={args.student_epochs}",
-             "--set", f"data.max_train_examples={args.student_train}"]
+             "--set", f"data.max_train_examples={args.student_train}", *threads,
+             *[x for kv in args.student_set for x in ("--set", kv)]]
         )  # fmt: skip
         trains[name] = Path("artifacts/train") / f"{args.run_id}-L{k}-distill"
         exports[name] = export(trains[name])
@@ -123,6 +132,8 @@ def main() -> int:
         "timed_sentences": min(args.timed, len(texts)),
         "machine": describe_machine(),
         "ort_intra_op_threads": os.cpu_count(),
+        "training_threads": args.threads or os.cpu_count(),
+        "student_overrides": args.student_set,
         "target": ">= 1.8x the teacher's INT8 batch-32 throughput at <= 1.5 points accuracy lost",
         "models": rows,
     }

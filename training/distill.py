@@ -103,9 +103,11 @@ def check_labels(teacher: Teacher, data: CheckedData) -> None:
 
 
 def build_student(
-    ref: BaseModelRef, cfg: ModelConfig, layers: int, num_labels: int
+    ref: BaseModelRef, cfg: ModelConfig, distill: DistillConfig, num_labels: int
 ) -> TextClassifier:
-    """The base model's embeddings and first ``layers`` transformer layers, with a fresh head."""
+    """The base model's embeddings and first ``distill.layers`` transformer layers with a fresh
+    head, every weight trainable (but the word embeddings, if frozen)."""
+    layers = distill.layers
     from transformers import AutoModel
 
     config = check_base_model(ref)
@@ -134,6 +136,8 @@ def build_student(
         ) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
+    if distill.freeze_word_embeddings:
+        encoder.get_input_embeddings().weight.requires_grad_(False)
     return TextClassifier(
         encoder, config.hidden_size, num_labels, cfg.pooling, cfg.classifier_dropout
     )

@@ -61,7 +61,7 @@ def build_model(
     """The classifier of ``method`` on ``device``: LoRA adapters, a frozen encoder or a student
     (the first distill.layers layers, all trained), and the LoRA target modules (or none)."""
     if method == "distill":
-        return build_student(ref, cfg.model, cfg.distill.layers, num_labels).to(device), []
+        return build_student(ref, cfg.model, cfg.distill, num_labels).to(device), []
     model = build_classifier(ref, cfg.model, num_labels)
     targets: list[str] = []
     if method == "lora":

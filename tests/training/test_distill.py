@@ -69,7 +69,7 @@ def test_student_starts_from_the_base_models_first_layers(tiny_bert: Path) -> No
     from transformers import AutoModel
 
     ref = resolve_base_model(str(tiny_bert))
-    student = build_student(ref, ModelConfig(base=str(tiny_bert)), 1, 2)
+    student = build_student(ref, ModelConfig(base=str(tiny_bert)), DistillConfig(layers=1), 2)
     base = AutoModel.from_pretrained(str(tiny_bert))
     assert len(student.encoder.encoder.layer) == 1
     for name, value in student.encoder.encoder.layer[0].state_dict().items():
@@ -78,6 +78,15 @@ def test_student_starts_from_the_base_models_first_layers(tiny_bert: Path) -> No
         student.encoder.embeddings.word_embeddings.weight, base.embeddings.word_embeddings.weight
     )
     assert all(p.requires_grad for p in student.parameters())  # fully fine-tuned
+    frozen = build_student(
+        ref,
+        ModelConfig(base=str(tiny_bert)),
+        DistillConfig(layers=1, freeze_word_embeddings=True),
+        2,
+    )
+    assert [n for n, p in frozen.named_parameters() if not p.requires_grad] == [
+        "encoder.embeddings.word_embeddings.weight"
+    ]
 
 
 def test_distill_loss_is_kl_times_t_squared_plus_hard_ce() -> None:
