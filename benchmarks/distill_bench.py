@@ -31,7 +31,7 @@ from tuneserve.cli import main as tuneserve
 from tuneserve.details import ExportDetails, TrainDetails
 from tuneserve.inference import load_tokenizer
 from tuneserve.machine import describe_machine
-from tuneserve.manifest import read_manifest
+from tuneserve.manifest import read_manifest, sha256_file
 
 CONFIG = "configs/sst2-demo.toml"
 
@@ -44,15 +44,25 @@ def step(argv: list[str]) -> float:
     return round(time.perf_counter() - started, 1)
 
 
-def export(train: Path) -> tuple[Path, float]:
+def export(train: Path, reuse: bool = False) -> tuple[Path, float]:
+    """The cpu-int8 export of ``train`` (with ``reuse``: an existing one made from this very
+    train run, hashes checked, is kept)."""
+    out = Path("artifacts/export") / f"{train.name}-cpu-int8"
+    if reuse and (out / "manifest.json").is_file():
+        made_from = read_manifest(out, stage="export").inputs[0]
+        if made_from.sha256 == sha256_file(train / "manifest.json"):
+            return out, 0.0
     seconds = step(["export", "--from", str(train), "--profile", "cpu-int8", "--overwrite"])
-    return Path("artifacts/export") / f"{train.name}-cpu-int8", seconds
+    return out, seconds
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-id", default="distill-bench", help="prefix of every run")
-    parser.add_argument("--teacher", help="reuse this finished train run as the teacher")
+    parser.add_argument(
+        "--teacher", help="reuse this finished train run as the teacher (and its cpu-int8 export "
+        "in artifacts/export/, if one was made from it)",
+    )  # fmt: skip
     parser.add_argument("--layers", type=int, nargs="+", default=[3], help="student sizes")
     parser.add_argument(
         "--student-train", type=int, default=3000, help="SST-2 train sentences of each student"
@@ -80,7 +90,7 @@ def main() -> int:
                         "--run-id", args.run_id, "--overwrite", *threads])  # fmt: skip
         teacher = Path("artifacts/train") / f"{args.run_id}-lora"
         seconds["teacher"] = {"train_s": train_s}
-    exports = {"teacher": export(teacher)}
+    exports = {"teacher": export(teacher, reuse=bool(args.teacher))}
     seconds["teacher"]["export_s"] = exports["teacher"][1]
     trains = {"teacher": teacher}
     for k in args.layers:
