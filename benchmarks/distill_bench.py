@@ -76,6 +76,10 @@ def main() -> int:
         "--student-set", action="append", default=[], metavar="KEY=VALUE",
         help="more --set overrides for the students, e.g. distill.freeze_word_embeddings=true",
     )  # fmt: skip
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="keep students (and exports) already made under these names: 0 s in the table",
+    )  # fmt: skip
     args = parser.parse_args()
     threads = ["--set", f"train.num_threads={args.threads}"]
     logging.basicConfig(level=logging.WARNING)
@@ -95,6 +99,12 @@ def main() -> int:
     trains = {"teacher": teacher}
     for k in args.layers:
         name = f"student-L{k}"
+        trains[name] = Path("artifacts/train") / f"{args.run_id}-L{k}-distill"
+        if args.reuse and (trains[name] / "manifest.json").is_file():
+            read_manifest(trains[name], stage="train")
+            exports[name] = export(trains[name], reuse=True)
+            seconds[name] = {"train_s": 0.0, "export_s": exports[name][1]}
+            continue
         train_s = step(
             ["train", "--config", CONFIG, "--method", "distill", "--teacher", str(teacher),
              "--run-id", f"{args.run_id}-L{k}", "--overwrite",
@@ -102,7 +112,6 @@ def main() -> int:
              "--set", f"data.max_train_examples={args.student_train}", *threads,
              *[x for kv in args.student_set for x in ("--set", kv)]]
         )  # fmt: skip
-        trains[name] = Path("artifacts/train") / f"{args.run_id}-L{k}-distill"
         exports[name] = export(trains[name])
         seconds[name] = {"train_s": train_s, "export_s": exports[name][1]}
 
@@ -134,6 +143,9 @@ def main() -> int:
             "p50_speedup": ref["batch1_p50_ms"] / r["batch1_p50_ms"],
             "throughput_ratio": r["batch32_sentences_per_s"] / ref["batch32_sentences_per_s"],
             "file_mb": round(sizes[name] / 2**20, 2),
+            "train_loop_s": json.loads((trains[name] / "metrics.json").read_text())["training"][
+                "wall_seconds"
+            ],
             **seconds[name],
         }
     report = {
