@@ -33,8 +33,15 @@ TUNESERVE := HF_HUB_OFFLINE=1 $(VENV)/bin/tuneserve
 
 demo: env
 	$(TUNESERVE) train --config $(DEMO_CONFIG) --method both --run-id $(RUN_ID) --overwrite
+	# error analysis of the LoRA run against the baseline: artifacts/analysis/$(RUN_ID)-lora-vs-$(RUN_ID)-head/analysis.html
+	$(TUNESERVE) analyze artifacts/train/$(RUN_ID)-lora --against artifacts/train/$(RUN_ID)-head --overwrite
 	$(TUNESERVE) export --from artifacts/train/$(RUN_ID)-head --overwrite
 	$(TUNESERVE) export --from artifacts/train/$(RUN_ID)-lora --overwrite
+	# is fine-tuning worth it: the comparison again, with the exports' sizes and latencies
+	$(TUNESERVE) bench-model --from artifacts/export/$(RUN_ID)-head-cpu-int8 --timed 200
+	$(TUNESERVE) bench-model --from artifacts/export/$(RUN_ID)-lora-cpu-int8 --timed 200
+	$(TUNESERVE) compare artifacts/train/$(RUN_ID)-head artifacts/train/$(RUN_ID)-lora --run-id $(RUN_ID) \
+		--overwrite --export-a artifacts/export/$(RUN_ID)-head-cpu-int8 --export-b artifacts/export/$(RUN_ID)-lora-cpu-int8
 	# a short open-loop load test of both variants behind a loose SLO (Locust on the same cores)
 	$(TUNESERVE) loadtest --serve $(SERVING_CONFIG) --host http://127.0.0.1:$(PORT) \
 		--open-loop --rate 40 --duration 20s --slo p99=250ms,fail=1%

@@ -2,7 +2,7 @@
 
 POST /predict, /predict_batch, /feedback; GET /models, /ab/report, /docs.json; GET and PUT
 /ab/config; BentoML's own /livez and /metrics, and /readyz (with the store's health in its body
-once ready).
+once ready); the Open Inference Protocol v2 under /v2 (service/v2/).
 
 Start it with ``bentoml serve service.app:Tuneserve`` (or ``make serve``). The serving config is
 read when this module is imported, from ``$TUNESERVE_SERVING_CONFIG`` or configs/serving.toml, and
@@ -40,6 +40,7 @@ from service.pool import StoreUnavailableError
 from service.predictor import Predictor
 from service.report import build_report, format_report
 from service.report_page import render_page
+from service.v2 import V2Api, V2ErrorShape
 from service.validation import MAX_USER_ID_CHARS, check_text, check_texts, check_user_id
 from service.workers import all_live_workers_ready, all_workers_alive
 from tuneserve.errors import TuneserveError
@@ -203,6 +204,7 @@ routes = Starlette(
         Route("/ab/config", _ab_config, methods=["GET", "PUT"]),
         # served here, it shadows BentoML's own /docs.json (which lists no mounted route)
         Route("/docs.json", _openapi, methods=["GET"]),
+        *V2Api(SETTINGS, is_live=lambda p: _is_alive(p), is_ready=lambda p: _is_ready(p)).routes(),
     ],
     exception_handlers=ERROR_HANDLERS,
 )
@@ -235,8 +237,7 @@ class Tuneserve:
         return _is_ready(self.predictor)
 
     def __is_alive__(self) -> bool:
-        # also false when a sibling worker died and BentoML will not replace it (service/workers.py)
-        return self.predictor.warmup_error is None and all_workers_alive(SETTINGS.workers)
+        return _is_alive(self.predictor)
 
     @bentoml.on_shutdown
     async def _close(self) -> None:
@@ -296,6 +297,11 @@ class Tuneserve:
         return await self.predictor.feedback(prediction_id, label)
 
 
+def _is_alive(predictor: Predictor) -> bool:
+    # also false when a sibling worker died and BentoML will not replace it (service/workers.py)
+    return predictor.warmup_error is None and all_workers_alive(SETTINGS.workers)
+
+
 def _is_ready(predictor: Predictor) -> bool:
     # and no sibling worker still warming up: it would answer 503 (service/workers.py)
     return predictor.ready and all_live_workers_ready()
@@ -322,7 +328,9 @@ class ReadinessBody:
         await self.app(scope, receive, send)
 
 
-# The decorator made Tuneserve a bentoml Service (typed as the class it wraps).
+# The decorator made Tuneserve a bentoml Service (typed as the class it wraps). The first added
+# is the outermost: the v2 error shape, so the errors of every later layer leave /v2 in it.
+cast(Any, Tuneserve).add_asgi_middleware(V2ErrorShape)
 cast(Any, Tuneserve).add_asgi_middleware(GuardMiddleware, limits=SETTINGS.limits)
 cast(Any, Tuneserve).add_asgi_middleware(ReadinessBody)
 

@@ -27,15 +27,18 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PREDICT_KINDS = frozenset({"predict", "predict_batch"})
+PREDICT_KINDS = frozenset({"predict", "predict_batch", "v2_infer"})
 KNOWN_KINDS = frozenset(
-    {"predict", "predict_batch", "feedback", "models", "ab", "livez", "readyz", "metrics"}
+    {"predict", "predict_batch", "feedback", "models", "ab", "livez", "readyz", "metrics", "v2"}
 )
 
 
 def endpoint_kind(path: str) -> str:
-    """The low-cardinality name of an endpoint (``other`` for anything unknown)."""
+    """The low-cardinality name of an endpoint (``other`` for anything unknown); the v2
+    protocol's inference routes are ``v2_infer``, its others ``v2`` (service/v2/)."""
     name = path.strip("/").split("/", 1)[0]
+    if name == "v2" and path.endswith("/infer"):
+        return "v2_infer"
     return name if name in KNOWN_KINDS else "other"
 
 

@@ -16,6 +16,8 @@ from service.errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from service.v2.openapi import SCHEMAS as V2_SCHEMAS
+from service.v2.openapi import v2_paths
 
 REPORT_FORMATS = ("json", "text", "html")
 JSON = "application/json"
@@ -335,17 +337,18 @@ def openapi_document(title: str, bodies: dict[str, dict[str, Any]]) -> dict[str,
         "/docs.json": {"get": {"summary": "This document.", "operationId": "openapi",
                                "responses": {"200": _json(_ANY_OBJ, "OpenAPI 3.1")}}},
     }  # fmt: skip
+    paths |= v2_paths()  # the Open Inference Protocol v2 (service/v2/)
     return {
         "openapi": "3.1.0",
         "info": {
             "title": title,
             "version": "1",
             "description": "tuneserve: a baseline and a tuned model behind one API with A/B "
-            "routing. Every error answer has the Error shape.",
+            "routing. Every error answer has the Error shape (under /v2, the V2Error shape).",
         },
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": SCHEMAS | V2_SCHEMAS,
             "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
         },
     }

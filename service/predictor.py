@@ -149,7 +149,7 @@ class Predictor:
         router = self.experiment.router  # one state for the whole request, whatever lands
         assignment = router.choose(user_id=user_id, forced=forced)
         model = self.models[assignment.variant]
-        hashed = unit_hash(self.settings.experiment.salt, user_id) if user_id else None
+        hashed = unit_hash(router.salt, user_id) if user_id else None  # the salt in force
         self._inflight += 1
         self.idle.clear()
         try:

@@ -19,16 +19,17 @@ def check_text(text: Any, where: str = "text") -> str:
     return text
 
 
-def check_texts(texts: Any, max_texts: int) -> list[str]:
-    """The texts of a request, or an error naming what is wrong with them."""
+def check_texts(texts: Any, max_texts: int, where: str = "texts") -> list[str]:
+    """The texts of a request, or an error naming what is wrong with them (``where`` names
+    them in the message)."""
     if not isinstance(texts, list) or not texts:
-        raise InvalidInputError("texts must be a non-empty list of strings")
+        raise InvalidInputError(f"{where} must be a non-empty list of strings")
     if len(texts) > max_texts:
         raise PayloadTooLargeError(
-            f"texts holds {len(texts)} items; at most {max_texts} per request "
+            f"{where} holds {len(texts)} items; at most {max_texts} per request "
             "(split the batch, or raise limits.max_batch_texts)"
         )
-    return [check_text(text, f"texts[{i}]") for i, text in enumerate(texts)]
+    return [check_text(text, f"{where}[{i}]") for i, text in enumerate(texts)]
 
 
 def check_user_id(value: Any) -> str | None:

@@ -31,8 +31,10 @@ REPORTS = {
     "data_report": "data_report.json",
     "curves": "curves.png",
     "test_predictions": "test_predictions.jsonl",
+    "dev_predictions": "dev_predictions.jsonl",  # for calibration (`tuneserve analyze`)
 }
 ENCODER_DIR = "encoder"
+_TINY = float(np.finfo(np.float32).tiny)  # log-probabilities stay finite
 
 
 def fingerprint(texts: list[str], labels: list[int]) -> str:
@@ -53,6 +55,7 @@ def write_outputs(
     metrics: dict[str, Any],
     training_log: list[dict[str, Any]],
     test_probs: np.ndarray,
+    dev_probs: np.ndarray,
 ) -> dict[str, str]:
     """Write every file of the run but the curves and the manifest; returns role -> path."""
     artifacts = {"head": HEAD_FILE, **REPORTS}
@@ -76,12 +79,16 @@ def write_outputs(
     write_json_atomic(run_dir / REPORTS["training_log"], training_log)
     write_json_atomic(run_dir / REPORTS["data_report"], data.report)
     write_predictions(run_dir / REPORTS["test_predictions"], data.test.labels, test_probs)
+    write_predictions(run_dir / REPORTS["dev_predictions"], data.dev.labels, dev_probs)
     return artifacts
 
 
 def write_predictions(path: Path, labels: list[int], probs: np.ndarray) -> None:
-    """One JSON line per test example: its label, the predicted class and every class score."""
+    """One JSON line per example: its label, the predicted class, every class score, and the
+    log-probabilities at full precision (logits up to a constant: temperature scaling needs
+    them where a rounded score is 0 or 1)."""
     preds = probs.argmax(1).tolist()
+    log_probs = np.log(np.maximum(probs.astype(np.float64), _TINY))
     with open(path, "w", encoding="utf-8") as handle:
         for i, (label, pred) in enumerate(zip(labels, preds, strict=True)):
             row = {
@@ -89,6 +96,7 @@ def write_predictions(path: Path, labels: list[int], probs: np.ndarray) -> None:
                 "label": label,
                 "pred": pred,
                 "scores": [round(float(p), 6) for p in probs[i]],
+                "log_probs": [float(f"{x:.7g}") for x in log_probs[i]],
             }
             handle.write(json.dumps(row) + "\n")
 

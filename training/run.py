@@ -154,6 +154,7 @@ def train_method(
         return None
 
     probs = predict_proba(model, enc["test"], cfg.train.eval_batch_size, pad, device, precision)
+    dev_probs = predict_proba(model, enc["dev"], cfg.train.eval_batch_size, pad, device, precision)
     test_metrics = classification_metrics(data.test.labels, probs.argmax(1).tolist(), data.id2label)
     speed = speed_figures(result, device, precision, world)
     metrics = {
@@ -171,7 +172,7 @@ def train_method(
     if teacher is not None:
         metrics["teacher_test_agreement"] = agreement(teacher.logits_for(data.test.texts), probs)
     artifacts = outputs.write_outputs(
-        run_dir, method, model, ref, tokenizer, data, metrics, result.log, probs
+        run_dir, method, model, ref, tokenizer, data, metrics, result.log, probs, dev_probs
     )
     plot_curves(
         result.log,
@@ -260,11 +261,17 @@ def train_all(
 
 
 def write_comparison(
-    run_a: Path, run_b: Path, root: Path, run_id: str, overwrite: bool = False
+    run_a: Path, run_b: Path, root: Path, run_id: str, overwrite: bool = False, **options: Any
 ) -> Path:
-    """Compare two runs into ROOT/run_id/ (compare.json, compare.md, manifest) and print it."""
-    result = compare.compare_runs(run_a, run_b)
+    """Compare two runs into ROOT/run_id/ (compare.json, compare.md, manifest) and print it;
+    ``options`` go to compare.compare_runs (alpha, exports, benches)."""
+    result = compare.compare_runs(run_a, run_b, **options)
     markdown = compare.to_markdown(result)
+    exports = [
+        input_entry(f"export_{side}", Path(result["costs"][side]["export"]))
+        for side in ("a", "b")
+        if result["costs"][side]["export"]
+    ]
     with run_directory(root, run_id, overwrite=overwrite) as staging:
         write_json_atomic(staging / "compare.json", result)
         (staging / "compare.md").write_text(markdown, encoding="utf-8")
@@ -280,8 +287,13 @@ def write_comparison(
             run_dir=staging,
             config={},
             artifacts={"compare_json": "compare.json", "compare_md": "compare.md"},
-            inputs=[input_entry("run_a", run_a), input_entry("run_b", run_b)],
-            metrics={"mcnemar_p": result["mcnemar"]["p_value"]},
+            inputs=[input_entry("run_a", run_a), input_entry("run_b", run_b), *exports],
+            metrics={
+                "mcnemar_p": result["mcnemar"]["p_value"],
+                "alpha": result["alpha"],
+                "significant": result["significant"],
+                "accuracy_change": result["deltas"]["accuracy"]["delta"],
+            },
             libraries=("scipy",),
             details=details,
         )

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from tuneserve import __version__
+from tuneserve.commands import analyze
 from tuneserve.errors import TuneserveError
 
 log = logging.getLogger("tuneserve")
 SERVING_CONFIG_HELP = "serving config (default: $TUNESERVE_SERVING_CONFIG or configs/serving.toml)"
 Subparsers = Any  # argparse._SubParsersAction, private
 # tuneserve/commands/ modules, each with add(sub); they import their stage inside handlers
-COMMAND_MODULES: tuple[Any, ...] = ()
+COMMAND_MODULES: tuple[Any, ...] = (analyze,)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -59,12 +60,18 @@ def _train(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from training.run import default_run_id, write_comparison
 
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
     write_comparison(
         Path(args.run_a),
         Path(args.run_b),
         Path(args.out),
         args.run_id or default_run_id(),
         overwrite=args.overwrite,
+        alpha=args.alpha,
+        exports=(path(args.export_a), path(args.export_b)),
+        benches=(path(args.bench_a), path(args.bench_b)),
     )
     return 0
 
@@ -245,6 +252,17 @@ def _add_compare(sub: Subparsers) -> None:
     cmp.add_argument("--out", default="artifacts/compare", help="where comparisons go")
     cmp.add_argument("--run-id", help="name of the comparison directory")
     cmp.add_argument("--overwrite", action="store_true", help="replace a comparison of that id")
+    cmp.add_argument("--alpha", type=float, default=0.05, help="significance level (0.05)")
+    for side, run in (("a", "baseline"), ("b", "tuned")):
+        cmp.add_argument(
+            f"--export-{side}", metavar="EXPORT_RUN",
+            help=f"export run of the {run} run: model sizes, and latency from its bench-model "
+            "report (found in artifacts/bench-model/<export run>)",
+        )  # fmt: skip
+        cmp.add_argument(
+            f"--bench-{side}", metavar="BENCH_DIR",
+            help=f"bench-model output of --export-{side}, if not in the default place",
+        )  # fmt: skip
     cmp.set_defaults(handler=_compare)
 
 

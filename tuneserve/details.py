@@ -305,9 +305,30 @@ class ExportDetails(StageDetails):
         return "fp16" if self.profile == "gpu-fp16" else "fp32"
 
 
-AnyDetails = TrainDetails | CompareDetails | CVDetails | ExportDetails
+# --- analysis (`tuneserve analyze`) -----------------------------------------------------------
+
+
+class AnalysisDetails(StageDetails):
+    """An error analysis of a train run (optionally against a baseline run)."""
+
+    stage: ClassVar[str] = "analysis"
+    redo: ClassVar[str] = (
+        "analyse the run again with this version of tuneserve (`tuneserve analyze`)"
+    )
+    run: str = Field(description="run id of the analysed train run")
+    method: str = Field(description="its training method")
+    baseline_run: str | None = Field(None, description="run id of the --against run; None: none")
+    test_examples: int = Field(ge=0, description="test examples analysed")
+    ece_bins: int = Field(gt=0, description="equal-width confidence bins of the ECE")
+    temperature: float | None = Field(
+        None, description="temperature fitted on dev; None: no dev predictions stored"
+    )
+
+
+AnyDetails = TrainDetails | CompareDetails | CVDetails | ExportDetails | AnalysisDetails
 DETAILS_BY_STAGE: dict[str, type[StageDetails]] = {
-    kind.stage: kind for kind in (TrainDetails, CompareDetails, CVDetails, ExportDetails)
+    kind.stage: kind
+    for kind in (TrainDetails, CompareDetails, CVDetails, ExportDetails, AnalysisDetails)
 }
 
 

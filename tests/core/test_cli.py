@@ -16,7 +16,7 @@ def _subcommands() -> list[str]:
 
 def test_the_subcommands_are_the_stages() -> None:
     assert _subcommands() == sorted(
-        ["train", "compare", "export", "bench-model", "serve", "ab-report", "loadtest"]
+        ["train", "compare", "analyze", "export", "bench-model", "serve", "ab-report", "loadtest"]
     )
 
 

@@ -71,6 +71,10 @@ def test_every_route_is_documented_and_every_documented_path_is_a_route(
     assert {p for _, p in served} >= {"/predict", "/predict_batch", "/feedback", "/models",
                                        "/ab/report", "/ab/config", "/livez", "/readyz",
                                        "/metrics"}  # fmt: skip
+    v2 = {("GET", "/v2"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready")}
+    for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        v2 |= {("GET", model), ("GET", f"{model}/ready"), ("POST", f"{model}/infer")}
+    assert served >= v2
 
 
 def test_the_document_is_valid_openapi(document: dict[str, Any]) -> None:
@@ -105,9 +109,14 @@ def test_every_error_answer_has_the_error_shape_and_its_codes(document: dict[str
             for code, answer in op["responses"].items():
                 if code.startswith(("4", "5")):
                     schema = answer["content"]["application/json"]["schema"]
-                    assert schema == {"$ref": "#/components/schemas/Error"}, (method, path)
+                    # the v2 protocol's routes answer its own shape, {"error": message}
+                    shape = "V2Error" if path.startswith("/v2") else "Error"
+                    assert schema == {"$ref": f"#/components/schemas/{shape}"}, (method, path)
                 if code == "503":
                     assert "Retry-After" in answer["headers"], (method, path)
+    v2_infer = document["paths"]["/v2/models/{name}/infer"]["post"]["responses"]
+    assert {c for c in v2_infer if c != "200"} == {"400", "404", "413", "429", "503", "504"}
+    assert document["components"]["schemas"]["V2Error"]["required"] == ["error"]
     error = document["components"]["schemas"]["Error"]
     assert error["required"] == ["error", "kind", "status"]
     kinds = {"invalid_input", "unauthorized", "forbidden", "not_found", "too_large",

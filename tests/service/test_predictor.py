@@ -201,3 +201,26 @@ def test_cuda_without_gpu_falls_back_to_cpu_with_a_warning(
         session = make_session(model_path, threads=1, provider="cuda")
     assert session.get_providers() == ["CPUExecutionProvider"]
     assert "running model.int8.onnx on CPU" in caplog.text
+
+
+def test_logged_unit_hash_uses_the_salt_in_force(
+    tmp_path: Path, tiny_exports: dict[str, Path]
+) -> None:
+    """A salt changed at runtime starts a new experiment: its rows must not be linkable to the
+    old experiment's by the unit hash, so the log hashes with the salt in force."""
+    from service.store import Store, unit_hash
+
+    predictor = Predictor(_settings(tmp_path, tiny_exports))
+    predictor.warm_up()
+    old_salt = predictor.experiment.router.salt
+    asyncio.run(predictor.predict(["good"], user_id="user-1"))
+    predictor.experiment.change({"salt": "fresh-salt"})
+    assert predictor.experiment.router.salt == "fresh-salt"
+    asyncio.run(predictor.predict(["good"], user_id="user-1"))
+    asyncio.run(predictor.close())
+    store = Store(predictor.settings.store.location())
+    rows = store.conn.execute("SELECT salt, unit_hash FROM predictions ORDER BY ts").fetchall()
+    assert [tuple(r) for r in rows] == [
+        (old_salt, unit_hash(old_salt, "user-1")),
+        ("fresh-salt", unit_hash("fresh-salt", "user-1")),
+    ]

@@ -21,6 +21,7 @@ TRAIN_FILES = {
     "data_report.json",
     "curves.png",
     "test_predictions.jsonl",
+    "dev_predictions.jsonl",
     "manifest.json",
     "tokenizer",
 }

@@ -1,0 +1,1 @@
+"""Error analysis of a train run: confusion, per-class figures, calibration, mistakes, slices."""
