@@ -80,6 +80,10 @@ def main() -> int:
         "--reuse", action="store_true",
         help="keep students (and exports) already made under these names: 0 s in the table",
     )  # fmt: skip
+    parser.add_argument(
+        "--also", nargs="*", default=[], metavar="RUN",
+        help="finished student runs (e.g. of an earlier invocation) to time with the others",
+    )  # fmt: skip
     args = parser.parse_args()
     threads = ["--set", f"train.num_threads={args.threads}"]
     logging.basicConfig(level=logging.WARNING)
@@ -115,6 +119,10 @@ def main() -> int:
         exports[name] = export(trains[name])
         seconds[name] = {"train_s": train_s, "export_s": exports[name][1]}
 
+    for extra in args.also:  # finished students of an earlier run, timed in this same process
+        trains[Path(extra).name] = Path(extra)
+        exports[Path(extra).name] = export(Path(extra), reuse=True)
+        seconds[Path(extra).name] = {"export_s": exports[Path(extra).name][1]}
     first = read_manifest(exports["teacher"][0], stage="export").details_as(ExportDetails)
     tokenizer = load_tokenizer(exports["teacher"][0] / first.tokenizer, first.max_length)
     test = trains["teacher"] / "eval" / "test.jsonl"
