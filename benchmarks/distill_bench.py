@@ -84,6 +84,7 @@ def main() -> int:
         "--also", nargs="*", default=[], metavar="RUN",
         help="finished student runs (e.g. of an earlier invocation) to time with the others",
     )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     args = parser.parse_args()
     threads = ["--set", f"train.num_threads={args.threads}"]
     logging.basicConfig(level=logging.WARNING)
@@ -135,8 +136,9 @@ def main() -> int:
             raise SystemExit(f"{name} does not take the teacher's inputs: cannot time it alike")
         runners[name], sizes[name] = _onnx_runner(directory / details.serving_model)
     results = measure(
-        runners, tokenizer, first.input_names, texts, labels, args.timed, first.pad_token_id
-    )
+        runners, tokenizer, first.input_names, texts, labels, args.timed, first.pad_token_id,
+        rounds=args.rounds,
+    )  # fmt: skip
     ref = results["teacher"]
     for name, r in results.items():
         train = read_manifest(trains[name], stage="train")
@@ -160,6 +162,7 @@ def main() -> int:
         "teacher_run": teacher.name,
         "test_examples": len(texts),
         "timed_sentences": min(args.timed, len(texts)),
+        "timing": f"interleaved: {args.rounds} rounds, each model on its own slice of the texts",
         "machine": describe_machine(),
         "ort_intra_op_threads": os.cpu_count(),
         "training_threads": args.threads or os.cpu_count(),
