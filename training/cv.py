@@ -135,7 +135,7 @@ def summarise(folds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def to_table(method: str, k: int, seed: int, summary: dict[str, Any]) -> str:
     """The summary as a plain-text table: mean +- std, then each fold."""
-    head = f"{'metric':<22} {'mean ± std':>17}  " + " ".join(
+    head = f"{'metric':<24} {'mean ± std':>17}  " + " ".join(
         f"{'fold' + str(i + 1):>7}" for i in range(k)
     )
     lines = [
@@ -148,7 +148,7 @@ def to_table(method: str, k: int, seed: int, summary: dict[str, Any]) -> str:
     rows += [(f"test {m}", summary["test"][m]) for m in ("accuracy", "f1_macro")]
     for name, s in rows:
         values = " ".join(f"{v:>7.4f}" for v in s["folds"])
-        lines.append(f"{name[:22]:<22} {s['mean']:>8.4f} ± {s['std']:.4f}  {values}")
+        lines.append(f"{name[:24]:<24} {s['mean']:>8.4f} ± {s['std']:.4f}  {values}")
     return "\n".join(lines)
 
 
