@@ -77,7 +77,14 @@ def load_merged(run_dir: Path, manifest: Manifest) -> TrainedModel:
     from transformers import AutoConfig, AutoModel
 
     ref = resolve_trained_base(manifest)
-    config = AutoConfig.from_pretrained(ref.path)
+    details = manifest.details_as(TrainDetails).model
+    # a distilled student carries its own (smaller) encoder; the other runs use the base's
+    source = str(run_dir / details.encoder_dir) if details.encoder_dir else ref.path
+    if details.encoder_dir and not (Path(source) / "config.json").is_file():
+        raise ManifestError(
+            f"{run_dir} lacks its encoder ({details.encoder_dir}/): run the training stage again"
+        )
+    config = AutoConfig.from_pretrained(source)
     if config.model_type not in SUPPORTED_TYPES:
         raise ModelError(
             f"cannot export a {config.model_type!r} model: supported architectures are "
@@ -85,8 +92,7 @@ def load_merged(run_dir: Path, manifest: Manifest) -> TrainedModel:
         )
     extra: dict[str, Any] = {"add_pooling_layer": False} if config.model_type in _POOLER_ARG else {}
     # Eager attention exports the attention pattern that ONNX Runtime's fusions recognise.
-    encoder = AutoModel.from_pretrained(ref.path, attn_implementation="eager", **extra)
-    details = manifest.details_as(TrainDetails).model
+    encoder = AutoModel.from_pretrained(source, attn_implementation="eager", **extra)
     adapter_dir = details.adapter_dir
     if adapter_dir:
         from peft import PeftModel

@@ -190,3 +190,26 @@ def tiny_exports(
     out["lora"], out["head"] = out["lora-cpu-int8"], out["head-cpu-int8"]
     out["root"] = root
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tiny_runs: dict[str, Path], tiny_bert: Path) -> Path:
+    """A 1-layer student of the tiny LoRA run (`--method distill`), on the teacher's data."""
+    from tuneserve.cli import main
+
+    teacher = tiny_runs["lora"]
+    root = tiny_runs["root"]
+    data = json.loads((teacher / "manifest.json").read_text())["config"]["data"]["source"]
+    argv = [
+        "train", "--method", "distill", "--teacher", str(teacher), "--run-id", "s",
+        "--set", f"data.source={json.dumps(data)}",
+        "--set", f"model.base={json.dumps(str(tiny_bert))}",
+        "--set", "model.max_length=32",
+        "--set", 'data.label_names={"0" = "negative", "1" = "positive"}',
+        "--set", "distill.layers=1", "--set", "distill.learning_rate=0.01",
+        "--set", "distill.epochs=4", "--set", "train.batch_size=16",
+        "--set", "train.evals_per_epoch=1", "--set", "train.log_every_steps=2",
+        "--set", "train.patience=0", "--set", f"output.root={json.dumps(str(root))}",
+    ]  # fmt: skip
+    assert main(argv) == 0, "the tiny student did not train"
+    return root / "train" / "s-distill"

@@ -1,4 +1,4 @@
-"""The training stage's config: data, model, the two methods, optimisation and output."""
+"""The training stage's config: data, model, the methods, optimisation and output."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tuneserve.config import (
     rule,
 )
 
-Method = Literal["head", "lora"]
+Method = Literal["head", "lora", "distill"]
 AtLeastOne = Annotated[float, rule(lambda v: v >= 1, "at least 1")]
 
 
@@ -117,6 +117,40 @@ class LoraConfig(OptimConfig):
         return value
 
 
+class DistillConfig(OptimConfig):
+    """A smaller student: the base model's first layers, fully fine-tuned on a teacher's soft
+    labels (KL at a temperature) and the hard labels."""
+
+    learning_rate: OpenUnit = Field(1e-4, description="peak learning rate after warmup")
+    epochs: PositiveFloat = Field(3.0, description="passes over the train split")
+    teacher: str | None = Field(
+        None, description="the teacher: a finished train run directory (--teacher overrides)"
+    )
+    layers: PositiveInt = Field(
+        3, description="transformer layers of the student: the base model's first LAYERS"
+    )
+    temperature: PositiveFloat = Field(
+        2.0, description="softmax temperature of the teacher's and the student's logits"
+    )
+    alpha_kl: NonNegativeFloat = Field(
+        0.8, description="weight of KL(teacher_T || student_T) * T^2 in the loss"
+    )
+    alpha_hard: NonNegativeFloat = Field(
+        0.2, description="weight of the cross-entropy with the hard labels in the loss"
+    )
+    freeze_word_embeddings: bool = Field(
+        False,
+        description="keep the word embedding table as the base model has it (in MiniLM-L6 it "
+        "is 12M of a 3-layer student's 17M parameters: much less optimiser work per step)",
+    )
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> DistillConfig:
+        if self.alpha_kl == 0 and self.alpha_hard == 0:
+            raise ValueError("distill.alpha_kl and distill.alpha_hard cannot both be 0")
+        return self
+
+
 class TrainConfig(StrictConfig):
     """Optimisation settings shared by both methods."""
 
@@ -159,11 +193,16 @@ class OutputConfig(StrictConfig):
 class TrainingConfig(StrictConfig):
     """Everything `tuneserve train` needs."""
 
-    method: Literal["head", "lora", "both"] = Field("lora", description="head, lora, or both")
+    method: Literal["head", "lora", "both", "distill"] = Field(
+        "lora", description="head, lora, both, or distill (a student of distill.teacher)"
+    )
     data: DataConfig = Field(default_factory=DataConfig, description="dataset")
     model: ModelConfig = Field(default_factory=ModelConfig, description="encoder and head")
     head: HeadConfig = Field(default_factory=HeadConfig, description="baseline settings")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings")
+    distill: DistillConfig = Field(
+        default_factory=DistillConfig, description="distilled student settings"
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation")
     output: OutputConfig = Field(default_factory=OutputConfig, description="output location")
 
@@ -172,6 +211,14 @@ class TrainingConfig(StrictConfig):
         names = list(self.data.label_names.values())
         if len(names) != len(set(names)):
             raise ValueError(f"data.label_names must map to distinct names, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_given(self) -> TrainingConfig:
+        if self.method == "distill" and not self.distill.teacher:
+            raise ValueError(
+                "method distill needs a teacher: pass --teacher RUN_DIR or set distill.teacher"
+            )
         return self
 
     def methods(self) -> list[Method]:

@@ -22,6 +22,8 @@ from training.distributed import SINGLE, World
 log = logging.getLogger(__name__)
 
 Encoded = list[dict[str, list[int]]]
+#: per-example losses of a batch: (logits, the batch's train indices) -> losses, shape (batch,)
+LossFn = Callable[[torch.Tensor, list[int]], torch.Tensor]
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> Encoded:
@@ -145,8 +147,12 @@ def train_loop(
     device: torch.device,
     precision: str,
     world: World = SINGLE,
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train ``model`` in place and leave the best evaluated state loaded in it.
+
+    The loss is the cross-entropy with ``train_labels`` unless ``loss_fn`` gives another
+    per-example loss (a distilled student's: soft and hard labels).
 
     With several processes (``world``) every rank draws the same global batches (same seed) and
     trains on its share of each; DDP averages the gradients so that a step equals the step of
@@ -190,9 +196,12 @@ def train_loop(
             with nullcontext() if sync or net is model else net.no_sync():  # type: ignore[operator]
                 with autocast():
                     logits = net(**batch)
-                losses = nn.functional.cross_entropy(
-                    logits.float(), labels[idx].to(device), reduction="none"
-                )
+                if loss_fn is None:
+                    losses = nn.functional.cross_entropy(
+                        logits.float(), labels[idx].to(device), reduction="none"
+                    )
+                else:
+                    losses = loss_fn(logits.float(), idx)
                 # the share's part of the global batch mean (the mean itself in one process)
                 loss = losses.sum() * weight
                 scaler.scale(loss / cfg.grad_accum_steps).backward()

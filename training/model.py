@@ -208,13 +208,23 @@ def save_adapter(model: TextClassifier, directory: Path, base_name: str) -> None
 
 
 def load_trained(
-    ref: BaseModelRef, cfg: ModelConfig, num_labels: int, run_dir: Path, has_adapter: bool
+    ref: BaseModelRef,
+    cfg: ModelConfig,
+    num_labels: int,
+    run_dir: Path,
+    has_adapter: bool,
+    encoder_dir: str | None = None,
 ) -> TextClassifier:
-    """Rebuild a trained classifier from its run directory (for checks and tests)."""
+    """Rebuild a trained classifier from its run directory; ``encoder_dir``: the run's own
+    encoder (a distilled student) instead of the base model's."""
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    model = build_classifier(ref, cfg, num_labels)
+    if encoder_dir is None:
+        model = build_classifier(ref, cfg, num_labels)
+    else:
+        own = BaseModelRef(ref.name, str(run_dir / encoder_dir), "directory")
+        model = build_classifier(own, cfg, num_labels)
     if has_adapter:
         model.encoder = PeftModel.from_pretrained(model.encoder, str(run_dir / ADAPTER_DIR))
     model.classifier.load_state_dict(load_file(str(run_dir / HEAD_FILE)))

@@ -14,7 +14,14 @@ from training import checks
 from training.config import Method, TrainingConfig
 from training.distributed import World
 from training.model import ADAPTER_DIR, HEAD_FILE, TextClassifier, save_adapter, save_head
-from tuneserve.details import BaseModelInfo, ClassifierInfo, DataFile, ParallelInfo, TrainDetails
+from tuneserve.details import (
+    BaseModelInfo,
+    ClassifierInfo,
+    DataFile,
+    DistillInfo,
+    ParallelInfo,
+    TrainDetails,
+)
 from tuneserve.manifest import sha256_file, write_json_atomic
 from tuneserve.models import BaseModelRef
 
@@ -26,6 +33,7 @@ REPORTS = {
     "test_predictions": "test_predictions.jsonl",
     "dev_predictions": "dev_predictions.jsonl",  # for calibration (`tuneserve analyze`)
 }
+ENCODER_DIR = "encoder"
 _TINY = float(np.finfo(np.float32).tiny)  # log-probabilities stay finite
 
 
@@ -56,6 +64,10 @@ def write_outputs(
         save_adapter(model, run_dir / ADAPTER_DIR, ref.name)
         for name in sorted(os.listdir(run_dir / ADAPTER_DIR)):
             artifacts[f"adapter/{name}"] = f"{ADAPTER_DIR}/{name}"
+    if method == "distill":  # the student's whole encoder: it is not the base model's
+        model.encoder.save_pretrained(str(run_dir / ENCODER_DIR), safe_serialization=True)
+        for name in sorted(os.listdir(run_dir / ENCODER_DIR)):
+            artifacts[f"encoder/{name}"] = f"{ENCODER_DIR}/{name}"
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     for name in sorted(os.listdir(run_dir / "tokenizer")):
         artifacts[f"tokenizer/{name}"] = f"tokenizer/{name}"
@@ -117,6 +129,7 @@ def train_details(
     lora_targets: list[str],
     input_names: list[str],
     world: World,
+    distill: DistillInfo | None = None,
 ) -> TrainDetails:
     """The manifest details of a train run: what the export needs to rebuild the classifier."""
     return TrainDetails(
@@ -133,6 +146,7 @@ def train_details(
             hidden_size=int(model.classifier.in_features),
             head_file=HEAD_FILE,
             adapter_dir=ADAPTER_DIR if method == "lora" else None,
+            encoder_dir=ENCODER_DIR if method == "distill" else None,
             lora_targets=lora_targets,
             model_input_names=input_names,
         ),
@@ -147,4 +161,5 @@ def train_details(
             global_batch_size=cfg.train.batch_size * cfg.train.grad_accum_steps,
             per_rank_batch_size=-(-cfg.train.batch_size // world.size),
         ),
+        distill=distill,
     )

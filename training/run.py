@@ -14,8 +14,16 @@ from training import checks, compare, distributed, outputs
 from training.config import Method, TrainingConfig
 from training.curves import plot_curves
 from training.device import choose_device, seed_everything, speed_figures
+from training.distill import (
+    Teacher,
+    agreement,
+    build_student,
+    distill_info,
+    distill_loss,
+    teacher_for,
+)
 from training.distributed import SINGLE, World
-from training.loop import Encoded, TrainResult, encode_texts, predict_proba, train_loop
+from training.loop import Encoded, LossFn, TrainResult, encode_texts, predict_proba, train_loop
 from training.metrics import classification_metrics, headline
 from training.model import (
     TextClassifier,
@@ -26,9 +34,8 @@ from training.model import (
     load_tokenizer,
     parameter_counts,
 )
-from tuneserve.data import RawSplit, is_hub_id, read_hub_split, read_split, resolve_source
+from training.splits import prepare_data, read_raw_splits  # noqa: F401  (importable from here)
 from tuneserve.details import CompareDetails
-from tuneserve.errors import DataError
 from tuneserve.manifest import (
     build_manifest,
     input_entry,
@@ -41,7 +48,6 @@ from tuneserve.models import BaseModelRef, resolve_base_model
 log = logging.getLogger(__name__)
 
 LIBRARIES = ("torch", "transformers", "peft", "tokenizers", "safetensors", "numpy")
-_HUB_SPLITS = {"train": "train", "test": "validation"}
 
 
 def default_run_id() -> str:
@@ -49,39 +55,13 @@ def default_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
-def read_raw_splits(
-    cfg: TrainingConfig, data: str | None
-) -> tuple[RawSplit, RawSplit | None, RawSplit]:
-    """Read train, dev (optional) and test from the resolved source."""
-    d = cfg.data
-    source = resolve_source(d.source, data)
-    if is_hub_id(source):
-
-        def hub(name: str) -> RawSplit:
-            return read_hub_split(name, source, _HUB_SPLITS[name], d.text_column, d.label_column)
-
-        # the hub's GLUE-style datasets have no labelled dev split: it is carved from train
-        return hub("train"), None, hub("test")
-    root = Path(source)
-    if not root.exists():
-        raise DataError(
-            f"data source {root} not found: pass --data DIR, set $TUNESERVE_DATA, "
-            "or set data.source"
-        )
-
-    def local(name: str, file: str) -> RawSplit:
-        path = Path(file) if Path(file).is_absolute() else root / file
-        return read_split(name, path, d.text_column, d.label_column, d.format)
-
-    train, test = local("train", d.train), local("test", d.test)
-    return train, None if d.dev is None else local("dev", d.dev), test
-
-
 def build_model(
     method: Method, cfg: TrainingConfig, ref: BaseModelRef, num_labels: int, device: torch.device
 ) -> tuple[TextClassifier, list[str]]:
-    """The classifier of ``method`` on ``device``: LoRA adapters or a frozen encoder, and the
-    LoRA target modules (none for the head-only baseline)."""
+    """The classifier of ``method`` on ``device``: LoRA adapters, a frozen encoder or a student
+    (the first distill.layers layers, all trained), and the LoRA target modules (or none)."""
+    if method == "distill":
+        return build_student(ref, cfg.model, cfg.distill, num_labels).to(device), []
     model = build_classifier(ref, cfg.model, num_labels)
     targets: list[str] = []
     if method == "lora":
@@ -102,6 +82,7 @@ def fit(
     device: torch.device,
     precision: str,
     world: World = SINGLE,
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train with early stopping on the dev split; the best state is left in ``model``
     (on rank 0, which alone evaluates dev)."""
@@ -112,7 +93,7 @@ def fit(
             classification_metrics(data.dev.labels, probs.argmax(1).tolist(), data.id2label)
         )
 
-    optim = cfg.lora if method == "lora" else cfg.head
+    optim = {"head": cfg.head, "lora": cfg.lora, "distill": cfg.distill}[method]
     return train_loop(
         model,
         enc["train"],
@@ -124,6 +105,7 @@ def fit(
         device,
         precision,
         world,
+        loss_fn,
     )
 
 
@@ -136,9 +118,12 @@ def train_method(
     run_dir: Path | None,
     run_id: str,
     world: World = SINGLE,
+    teacher: Teacher | None = None,
+    heldout: checks.Split | None = None,
 ) -> dict[str, Any] | None:
     """Train one method into ``run_dir`` and write its manifest last. With several ranks only
-    rank 0 (given ``run_dir``) evaluates and writes; the others train and return None."""
+    rank 0 (given ``run_dir``) evaluates and writes; the others train and return None.
+    A student learns from ``teacher``; ``heldout`` (a cross-validation fold) is evaluated too."""
     seed_everything(cfg.train.seed)
     device, precision = choose_device(cfg, world)
     model, targets = build_model(method, cfg, ref, len(data.id2label), device)
@@ -158,7 +143,13 @@ def train_method(
     enc = {
         s.name: encode_texts(tokenizer, s.texts, max_len) for s in (data.train, data.dev, data.test)
     }
-    result = fit(method, cfg, model, data, enc, pad, device, precision, world)
+    loss_fn = None
+    if method == "distill":
+        if teacher is None:
+            raise ValueError("a distill run needs its teacher")
+        soft = teacher.logits_for(data.train.texts)
+        loss_fn = distill_loss(soft, data.train.labels, cfg.distill, device)
+    result = fit(method, cfg, model, data, enc, pad, device, precision, world, loss_fn)
     if run_dir is None:
         return None
 
@@ -172,6 +163,14 @@ def train_method(
         "training": speed,
         "parameters": counts,
     }
+    if heldout is not None:
+        held = encode_texts(tokenizer, heldout.texts, max_len)
+        held_probs = predict_proba(model, held, cfg.train.eval_batch_size, pad, device, precision)
+        metrics["heldout"] = classification_metrics(
+            heldout.labels, held_probs.argmax(1).tolist(), data.id2label
+        )
+    if teacher is not None:
+        metrics["teacher_test_agreement"] = agreement(teacher.logits_for(data.test.texts), probs)
     artifacts = outputs.write_outputs(
         run_dir, method, model, ref, tokenizer, data, metrics, result.log, probs, dev_probs
     )
@@ -182,13 +181,18 @@ def train_method(
         f"{run_id}: {method} on {ref.name}",
     )
     input_names = list(enc["test"][0]) if enc["test"] else list(tokenizer.model_input_names)
-    details = outputs.train_details(method, cfg, ref, model, data, targets, input_names, world)
+    info = distill_info(teacher, cfg.distill, ref) if teacher is not None else None
+    details = outputs.train_details(
+        method, cfg, ref, model, data, targets, input_names, world, info
+    )
     manifest = build_manifest(
         run_id=run_id,
         run_dir=run_dir,
         config=cfg.model_copy(update={"method": method}).model_dump(mode="json"),
         artifacts=artifacts,
+        inputs=[input_entry("teacher_run", teacher.run_dir)] if teacher is not None else [],
         metrics={"test_" + k: v for k, v in headline(test_metrics).items()}
+        | {"heldout_" + k: v for k, v in headline(metrics.get("heldout", {})).items()}
         | {
             "examples_per_second": speed["examples_per_second"],
             "trainable_percent": counts["trainable_percent"],
@@ -198,25 +202,6 @@ def train_method(
     )
     write_manifest(run_dir, manifest)
     return metrics
-
-
-def prepare_data(
-    cfg: TrainingConfig, data: str | None, ref: BaseModelRef, tokenizer: Any, show: bool = True
-) -> checks.CheckedData:
-    """Read the splits and run the data checks, printing the summary when ``show``."""
-    train, dev, test = read_raw_splits(cfg, data)
-    checked = checks.check_data(
-        cfg.data,
-        train,
-        dev,
-        test,
-        checks.token_lengths_from(tokenizer),
-        cfg.model.max_length,
-        cfg.train.seed,
-    )
-    if show:
-        print("\n".join(checks.summary_lines(checked.report)))
-    return checked
 
 
 def run_train(
@@ -252,15 +237,18 @@ def train_all(
     checked = prepare_data(cfg, data, ref, tokenizer, show=world.is_main)
     run_id = run_id or distributed.run_id_from_main(default_run_id(), world)
     root = Path(cfg.output.root) / "train"
+    teacher = teacher_for(cfg, checked, world)
     done: list[Path] = []
     for method in cfg.methods():
         name = f"{run_id}-{method}"
         started = time.perf_counter()
         if not world.is_main:
-            train_method(method, cfg, ref, tokenizer, checked, None, name, world)
+            train_method(method, cfg, ref, tokenizer, checked, None, name, world, teacher)
             continue
         with run_directory(root, name, overwrite=overwrite) as staging:
-            metrics = train_method(method, cfg, ref, tokenizer, checked, staging, name, world)
+            metrics = train_method(
+                method, cfg, ref, tokenizer, checked, staging, name, world, teacher
+            )
         done.append(root / name)
         test = cast(dict[str, Any], metrics)["test"]  # rank 0 always evaluates
         print(

@@ -25,6 +25,8 @@ COMMAND_MODULES: tuple[Any, ...] = (analyze, keys, rollout, models_command, cost
 
 
 def _train(args: argparse.Namespace) -> int:
+    import json
+
     from training.config import TrainingConfig
     from training.run import run_train
     from tuneserve.config import load_config
@@ -33,9 +35,20 @@ def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.method:
         overrides.append(f"method={args.method}")
+    if args.teacher:
+        overrides.append(f"distill.teacher={json.dumps(args.teacher)}")
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
     cfg = load_config(TrainingConfig, args.config, overrides)
+    if args.teacher and cfg.method != "distill":
+        raise ConfigError(f"--teacher is for --method distill, not method {cfg.method!r}")
+    if args.cv is not None:
+        from training.cv import run_cv
+
+        if args.nproc > 1:
+            raise ConfigError("--cv trains its folds in one process: drop --nproc")
+        run_cv(cfg, args.cv, data=args.data, run_id=args.run_id, overwrite=args.overwrite)
+        return 0
     if args.nproc > 1:  # the ranks rerun this command without --nproc, under torch.distributed
         from training.distributed import launch, without_nproc
 
@@ -208,9 +221,17 @@ def _add_train(sub: Subparsers) -> None:
     add_config_arguments(train, "lora.r=8")
     train.add_argument(
         "--method",
-        choices=["head", "lora", "both"],
-        help="head (baseline), lora, or both then compare",
+        choices=["head", "lora", "both", "distill"],
+        help="head (baseline), lora, both then compare, or distill (a smaller student)",
     )
+    train.add_argument(
+        "--teacher", metavar="RUN_DIR",
+        help="distill: the finished train run that teaches the student (sets distill.teacher)",
+    )  # fmt: skip
+    train.add_argument(
+        "--cv", type=int, metavar="K",
+        help="K-fold cross-validation on stratified folds of train: K runs, mean ± std",
+    )  # fmt: skip
     train.add_argument("--data", help="data directory (overrides $TUNESERVE_DATA and data.source)")
     train.add_argument("--run-id", help="run name; directories are RUN_ID-METHOD")
     train.add_argument(

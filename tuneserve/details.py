@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tuneserve.errors import ManifestError
 
 DETAILS_VERSION = 1
+#: head: linear probe; lora: LoRA + head; distill: a smaller student of a teacher run
+TrainMethod = Literal["head", "lora", "distill"]
 
 
 class _Strict(BaseModel):
@@ -45,6 +47,10 @@ class ClassifierInfo(_Strict):
     hidden_size: int = Field(gt=0, description="width of the pooled vector the head reads")
     head_file: str = Field(description="the classification head's file, relative to the run")
     adapter_dir: str | None = Field(description="the LoRA adapter's directory; None: head only")
+    encoder_dir: str | None = Field(
+        None,
+        description="the run's own full encoder (a distilled student); None: the base model's",
+    )
     lora_targets: list[str] = Field(description="module names LoRA was applied to")
     model_input_names: list[str] = Field(description="the encoder's input tensors, in order")
 
@@ -71,12 +77,28 @@ class ParallelInfo(_Strict):
     )
 
 
+class DistillInfo(_Strict):
+    """What a distilled student learnt from and how."""
+
+    teacher_run: str = Field(description="the teacher train run's id")
+    teacher_path: str = Field(description="the teacher run directory as given")
+    teacher_method: TrainMethod = Field(description="the teacher's training method")
+    teacher_test_accuracy: float | None = Field(description="the teacher's test accuracy")
+    layers: int = Field(ge=1, description="transformer layers of the student")
+    base_layers: int = Field(ge=2, description="transformer layers of the base model")
+    temperature: float = Field(gt=0, description="softmax temperature of the soft labels")
+    alpha_kl: float = Field(ge=0, description="weight of KL(teacher_T || student_T) * T^2")
+    alpha_hard: float = Field(ge=0, description="weight of the hard-label cross-entropy")
+
+
 class TrainDetails(StageDetails):
     """A train run: the method, the base model, the classifier and the labels."""
 
     stage: ClassVar[str] = "train"
     redo: ClassVar[str] = "train it again with this version of tuneserve (`tuneserve train`)"
-    method: Literal["head", "lora"] = Field(description="head: linear probe; lora: LoRA + head")
+    method: TrainMethod = Field(
+        description="head: linear probe; lora: LoRA + head; distill: a student of a teacher run"
+    )
     base_model: BaseModelInfo = Field(description="the base model trained on")
     model: ClassifierInfo = Field(description="how to rebuild the classifier")
     id2label: dict[str, str] = Field(description="class id (as a string) -> label name")
@@ -88,6 +110,7 @@ class TrainDetails(StageDetails):
         default_factory=lambda: ParallelInfo.model_validate({}),
         description="processes, backend and batch split (runs before it: one process)",
     )
+    distill: DistillInfo | None = Field(None, description="the teacher and loss of a student")
 
 
 # --- compare ------------------------------------------------------------------------------
@@ -100,9 +123,25 @@ class CompareDetails(StageDetails):
     redo: ClassVar[str] = "train both methods again with this version of tuneserve"
     run_a: str = Field(description="run id of A (the baseline)")
     run_b: str = Field(description="run id of B (the tuned model)")
-    method_a: Literal["head", "lora"] = Field(description="A's training method")
-    method_b: Literal["head", "lora"] = Field(description="B's training method")
+    method_a: TrainMethod = Field(description="A's training method")
+    method_b: TrainMethod = Field(description="B's training method")
     test_examples: int = Field(ge=0, description="number of paired test examples")
+
+
+# --- cv ---------------------------------------------------------------------------------
+
+
+class CVDetails(StageDetails):
+    """K-fold cross-validation: K train runs on stratified folds of train, inside the run."""
+
+    stage: ClassVar[str] = "cv"
+    redo: ClassVar[str] = "run the cross-validation again (`tuneserve train --cv K`)"
+    method: TrainMethod = Field(description="the training method of every fold")
+    folds: int = Field(ge=2, description="K, the number of folds")
+    seed: int = Field(description="seed of the fold assignment (and of each fold's training)")
+    fold_runs: list[str] = Field(description="each fold's train run, relative to this run")
+    evaluated_on: str = Field(description="what each fold's figures are measured on")
+    train_examples: int = Field(ge=0, description="cleaned train examples split into folds")
 
 
 # --- export -------------------------------------------------------------------------------
@@ -243,7 +282,7 @@ class ExportDetails(StageDetails):
     pooling: Literal["mean", "cls"] = Field(description="how token states become one vector")
     pad_token_id: int = Field(ge=0, description="the tokenizer's padding id")
     base_model: BaseModelInfo = Field(description="the base model of the train run")
-    train_method: Literal["head", "lora"] = Field(description="the train run's method")
+    train_method: TrainMethod = Field(description="the train run's method")
     train_run: str = Field(description="the train run's id")
     merged_lora: bool = Field(description="whether a LoRA adapter was merged into the base")
     adapter_sha256: str | None = Field(description="sha256 of the adapter weights; None: none")
@@ -286,9 +325,10 @@ class AnalysisDetails(StageDetails):
     )
 
 
-AnyDetails = TrainDetails | CompareDetails | ExportDetails | AnalysisDetails
+AnyDetails = TrainDetails | CompareDetails | CVDetails | ExportDetails | AnalysisDetails
 DETAILS_BY_STAGE: dict[str, type[StageDetails]] = {
-    kind.stage: kind for kind in (TrainDetails, CompareDetails, ExportDetails, AnalysisDetails)
+    kind.stage: kind
+    for kind in (TrainDetails, CompareDetails, CVDetails, ExportDetails, AnalysisDetails)
 }
 
 

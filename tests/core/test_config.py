@@ -27,7 +27,7 @@ from tuneserve.errors import ConfigError
         ("data.dev_fraction=0", "dev_fraction must be in \\(0, 1\\), got 0"),
         ("model.max_length=4", "max_length must be between 8 and 8192, got 4"),
         ("model.pooling=max", "model.pooling: Input should be 'mean' or 'cls'"),
-        ("method=full", "method: Input should be 'head', 'lora' or 'both'"),
+        ("method=full", "method: Input should be 'head', 'lora', 'both' or 'distill'"),
         ("lora.rank=8", "lora.rank: unknown key"),
     ],
 )

@@ -11,6 +11,7 @@ from tests.core.conftest import train_details
 from tuneserve.details import (
     DETAILS_VERSION,
     CompareDetails,
+    CVDetails,
     ExportDetails,
     TrainDetails,
     parse_details,
@@ -120,8 +121,9 @@ def test_the_models_are_strict_and_frozen() -> None:
     details = train_details()
     with pytest.raises(ValidationError, match="frozen"):
         details.method = "lora"  # type: ignore[misc]
-    with pytest.raises(ManifestError, match="details.method: Input should be 'head' or 'lora'"):
+    expected = "details.method: Input should be 'head', 'lora' or 'distill'"
+    with pytest.raises(ManifestError, match=expected):
         parse_details("train", details.model_dump() | {"method": "full"})
-    for kind in (TrainDetails, CompareDetails, ExportDetails):
+    for kind in (TrainDetails, CompareDetails, CVDetails, ExportDetails):
         undocumented = [n for n, f in kind.model_fields.items() if not f.description]
         assert undocumented == [], f"{kind.__name__} fields without a description: {undocumented}"

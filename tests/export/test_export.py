@@ -17,7 +17,7 @@ from export.parity import quantized_gate
 from export.run import run_export
 from tuneserve.cli import main
 from tuneserve.details import ExportDetails
-from tuneserve.errors import ModelError
+from tuneserve.errors import ManifestError, ModelError
 from tuneserve.inference import encode_batch, load_tokenizer, make_session, session_logits
 from tuneserve.manifest import read_manifest
 
@@ -157,6 +157,36 @@ def test_head_only_run_exports_the_same_way(exports: dict[str, Path]) -> None:
     manifest = read_manifest(exports["head"], stage="export")
     assert manifest.details_as(ExportDetails).merged_lora is False
     assert manifest.metrics["onnx_max_abs_diff"] <= 1e-4
+
+
+def test_distilled_student_exports_with_its_own_layers(
+    tiny_student: Path, exports: dict[str, Path], tmp_path: Path
+) -> None:
+    """A 1-layer student of the 2-layer tiny model exports like any run: 1 layer in the graph,
+    the fp32 parity and INT8 gates passed."""
+    code = main(["export", "--from", str(tiny_student), "--profile", "cpu-int8",
+                 "--set", f'output_root="{tmp_path}"'])  # fmt: skip
+    assert code == 0
+    run = tmp_path / "export" / "s-distill-cpu-int8"
+    manifest = read_manifest(run, stage="export")
+    d = manifest.details_as(ExportDetails)
+    assert (d.train_method, d.train_run, d.merged_lora) == ("distill", "s-distill", False)
+    assert d.adapter_sha256 is None and d.head_sha256 is not None
+    assert d.parity.fp32_vs_pytorch.passed and manifest.metrics["onnx_max_abs_diff"] <= 1e-4
+    gate = d.parity.quantized_vs_fp32
+    assert gate is not None and gate.passed
+    assert json.loads((run / "merged" / "config.json").read_text())["num_hidden_layers"] == 1
+    assert len(ffn_output_nodes(run / "onnx" / "model.fp32.onnx")) == 1
+    assert len(ffn_output_nodes(exports["lora"] / "onnx" / "model.fp32.onnx")) == 2
+    # the student's ONNX model is smaller than the 2-layer teacher's
+    own = (run / "onnx" / "model.fp32.onnx").stat().st_size
+    assert own < (exports["lora"] / "onnx" / "model.fp32.onnx").stat().st_size
+    # its encoder is the run's own, not the base model's: a missing one is named
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_student, broken)
+    shutil.rmtree(broken / "encoder")
+    with pytest.raises(ManifestError, match=r"lacks its encoder \(encoder/\): run the training"):
+        load_merged(broken, read_manifest(broken, verify=False))
 
 
 def test_gate_fails_on_damaged_model_and_passes_on_good(
