@@ -11,16 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tuneserve.errors import TuneserveError
-
-DEFAULT_URL = "http://127.0.0.1:3000"
-TIMEOUT_S = 10.0
+from tuneserve.commands.admin import DEFAULT_URL, admin_token, call
 
 
 def add(sub: Any) -> None:
@@ -59,43 +53,9 @@ def _rollout(args: argparse.Namespace) -> int:
         else:
             print("\n".join(format_rollout(status)) or "no rollout plan has been started")
         return 0
-    token = os.environ.get(settings.admin_token_env, "")
-    if not token:
-        raise TuneserveError(
-            f"{args.action} needs the admin token: set {settings.admin_token_env} (the serving "
-            "config's admin_token_env) to the service's token"
-        )
-    answer = put_rollout(args.url, {"action": args.action}, token)
+    token = admin_token(args.config, settings.admin_token_env)
+    answer = call(args.url, "PUT", "/ab/rollout", {"action": args.action}, token)
     plan = answer.get("rollout") or {}
     print(f"rollout of {plan.get('challenger')}: {plan.get('status')} (state version "
           f"{answer.get('version')})")  # fmt: skip
     return 0
-
-
-def put_rollout(url: str, body: dict[str, Any], token: str) -> dict[str, Any]:
-    """PUT ``body`` to ``url``/ab/rollout with the admin token; the answer, or an error that
-    says what the service answered (or that it could not be reached)."""
-    request = urllib.request.Request(
-        f"{url.rstrip('/')}/ab/rollout",
-        data=json.dumps(body).encode(),
-        method="PUT",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read()).get("error", "")
-        except ValueError:
-            message = ""
-        raise TuneserveError(
-            f"the service at {url} refused the {body.get('action')}: {exc.code} {message}".strip()
-        ) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TuneserveError(
-            f"cannot reach the service at {url} ({reason}): start it (tuneserve serve) or pass "
-            "--url"
-        ) from None
