@@ -21,12 +21,18 @@ def test_the_sampler_sets_the_gauge_and_follows_the_process() -> None:
     try:
         first = _gauge("test-1")
         assert first is not None and abs(first - rss_bytes()) < 16 * 2**20
-        block = bytearray(96 * 2**20)
+        # grow the process by 64 MiB of written pages (freed pages it reuses are resident
+        # already, so keep allocating until its RSS has grown that much)
+        blocks: list[bytes] = []
+        while rss_bytes() < first + 64 * 2**20 and len(blocks) < 64:
+            blocks.append(b"\x01" * (16 * 2**20))
+        grown = rss_bytes()
+        assert grown >= first + 64 * 2**20
         deadline = time.monotonic() + 5
-        while (_gauge("test-1") or 0) < first + 80 * 2**20 and time.monotonic() < deadline:
+        while (_gauge("test-1") or 0) < grown - 8 * 2**20 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert (_gauge("test-1") or 0) >= first + 80 * 2**20, "the sampler did not follow"
-        del block
+        assert (_gauge("test-1") or 0) >= grown - 8 * 2**20, "the sampler did not follow"
+        del blocks
     finally:
         sampler.close()
     assert not sampler._thread.is_alive()
