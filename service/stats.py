@@ -87,9 +87,12 @@ def always_valid_p_values(checkpoints: Any, tau: float, running: float = 1.0) ->
     (rows of cumulative counts in time order): p_k = min(1, min over j <= k of 1 / Lambda_j).
 
     ``running``: the p-value reached before the first checkpoint, to continue a path read in
-    pieces. The variance of the difference is estimated at each checkpoint from the observed
-    rates, shrunk towards 1/2 by one pseudo-observation so that all-correct arms are not
-    certain. Vectorised: half a million checkpoints take tens of milliseconds."""
+    pieces. The variance of the difference is estimated at each checkpoint under the null
+    hypothesis, from the two arms' pooled rate (shrunk towards 1/2 by one pseudo-observation, so
+    that all-correct arms are not certain): with unequal arms (a 20% challenger) the arms' own
+    rates underestimate it at small samples, and equal arms then cross alpha several times too
+    often (BENCHMARKS.md, "The always-valid test under unequal arms"). Vectorised: half a
+    million checkpoints take tens of milliseconds."""
     counts = np.asarray(checkpoints, dtype=float)
     if counts.size == 0:
         return []
@@ -98,8 +101,8 @@ def always_valid_p_values(checkpoints: Any, tau: float, running: float = 1.0) ->
     s_a, n_a, s_b, n_b = counts.T
     both = (n_a > 0) & (n_b > 0)
     n_a, n_b = np.where(both, n_a, 1.0), np.where(both, n_b, 1.0)  # no division by zero
-    r_a, r_b = (s_a + 0.5) / (n_a + 1), (s_b + 0.5) / (n_b + 1)
-    variance = r_a * (1 - r_a) / n_a + r_b * (1 - r_b) / n_b
+    pooled = (s_a + s_b + 0.5) / (n_a + n_b + 1)
+    variance = pooled * (1 - pooled) * (1 / n_a + 1 / n_b)
     ratio = msprt_likelihood_ratio(s_b / n_b - s_a / n_a, variance, tau)
     inverse = np.where(both, 1.0 / ratio, 1.0)
     path = np.minimum(np.minimum.accumulate(inverse), min(1.0, running))

@@ -99,8 +99,8 @@ def _p_values_one_by_one(checkpoints: list[tuple[int, int, int, int]], tau: floa
     running, path = 1.0, []
     for s_a, n_a, s_b, n_b in checkpoints:
         if n_a and n_b:
-            r_a, r_b = (s_a + 0.5) / (n_a + 1), (s_b + 0.5) / (n_b + 1)
-            variance = r_a * (1 - r_a) / n_a + r_b * (1 - r_b) / n_b
+            pooled = (s_a + s_b + 0.5) / (n_a + n_b + 1)  # the rate under the null
+            variance = pooled * (1 - pooled) * (1 / n_a + 1 / n_b)
             total = variance + tau * tau
             diff = s_b / n_b - s_a / n_a
             ratio = math.sqrt(variance / total) * math.exp(
@@ -109,6 +109,21 @@ def _p_values_one_by_one(checkpoints: list[tuple[int, int, int, int]], tau: floa
             running = min(running, 1.0 / ratio)
         path.append(running)
     return path
+
+
+@pytest.mark.parametrize("share", [0.5, 0.2])
+def test_equal_arms_cross_alpha_at_most_alpha_of_the_time_even_unequal(share: float) -> None:
+    """Watched after every outcome, equal arms must end below alpha at most alpha of the time,
+    also with a small challenger share and a wide mixing tau: the arms' own rates made the
+    variance too small there (at share 0.2, tau 0.2: 89 of these 1000 paths crossed 0.05)."""
+    rng = np.random.default_rng(5)
+    crossed, paths = 0, 1000
+    for _ in range(paths):
+        on_b, correct = rng.random(1600) < share, rng.random(1600) < 0.8
+        counts = np.stack([np.cumsum(~on_b & correct), np.cumsum(~on_b),
+                           np.cumsum(on_b & correct), np.cumsum(on_b)], axis=1)  # fmt: skip
+        crossed += always_valid_p_values(counts, tau=0.2)[-1] <= 0.05
+    assert crossed / paths <= 0.05, f"{crossed} of {paths} equal-arm paths crossed alpha 0.05"
 
 
 def test_the_vectorised_path_equals_the_definition_and_continues_in_pieces() -> None:

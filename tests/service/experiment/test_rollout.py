@@ -155,7 +155,7 @@ def test_promotion_makes_the_challenger_the_control(tiny_settings: ServingConfig
     assert again == promoted  # it survives the store's JSON
 
 
-TAU = 0.05  # experiment.msprt_tau's default (at 0.2 these paths promote 7% of equal challengers)
+TAU = 0.05  # experiment.msprt_tau's default (0.2 promotes 0.5% of equal challengers here)
 
 
 def _run_plan(acc_control: float, acc_challenger: float, seed: int, rounds: int = 8) -> str:
