@@ -24,6 +24,7 @@ from service.config import ServingConfig
 from service.errors import ServiceError
 from service.middleware import GuardMiddleware
 from service.store import Store
+from service.v2 import V2ErrorShape
 
 TOKEN = "the-admin-token-0123456789"
 
@@ -51,12 +52,14 @@ def _settings(tmp_path: Path, **auth: object) -> ServingConfig:
     })  # fmt: skip
 
 
-def _client(settings: ServingConfig) -> TestClient:
+def _client(settings: ServingConfig, v2_shape: bool = False) -> TestClient:
     paths = ("/predict", "/feedback", "/ab/report", "/models", "/livez", "/v2/health/live",
              "/v2/models/tuneserve/infer", "/somewhere/new")  # fmt: skip
     routes = [Route(p, _echo, methods=["GET", "POST"]) for p in paths]
     routes.append(Route("/ab/config", _admin, methods=["PUT"]))
+    outermost = [Middleware(V2ErrorShape)] if v2_shape else []  # first, as in app.py
     app = Starlette(routes=routes, exception_handlers={ServiceError: _error}, middleware=[
+        *outermost,
         Middleware(GuardMiddleware, limits=settings.limits),
         Middleware(AuthMiddleware, settings=settings),
     ])  # fmt: skip
@@ -174,3 +177,30 @@ def _metrics_text() -> str:
     multiprocess.MultiProcessCollector(registry)
     assert metrics.KEY_REQUESTS is not None
     return generate_latest(registry).decode()
+
+
+def test_refusals_under_v2_come_in_the_v2_shape_with_their_headers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the v2 shape outermost, as app.py adds it, a key's 401/403/429 on a v2 route is
+    ``{"error": ...}`` alone, and keeps WWW-Authenticate, Retry-After and the RateLimit headers."""
+    settings = _settings(tmp_path)
+    keys = KeyStore(Store(settings.store.path))
+    _, report_key = keys.create("reader", ["report"])
+    _, limited = keys.create("limited", ["predict"], rate_per_s=0.01, burst=1)
+    infer = "/v2/models/tuneserve/infer"
+    with _client(settings, v2_shape=True) as client:
+        client.get("/livez")
+        time.sleep(0.3)  # the key cache has read the keys
+        missing = client.post(infer)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert set(missing.json()) == {"error"} and "X-API-Key" in missing.json()["error"]
+        wrong = client.post(infer, headers={"X-API-Key": report_key})
+        assert wrong.status_code == 403 and set(wrong.json()) == {"error"}
+        assert client.post(infer, headers={"X-API-Key": limited}).status_code == 200
+        over = client.post(infer, headers={"X-API-Key": limited})
+        assert over.status_code == 429 and set(over.json()) == {"error"}
+        assert int(over.headers["retry-after"]) >= 1 and "ratelimit-remaining" in over.headers
+        native = client.post("/predict")  # outside /v2 the service's own shape stays
+        assert native.status_code == 401 and native.json()["kind"] == "unauthorized"
+    keys.store.close()
