@@ -47,8 +47,9 @@ def call(
         ) from None
 
 
-def admin_token(config: str | None, token_env: str | None) -> str:
-    """The admin token from the environment variable the serving config names."""
+def admin_token(config: str | None, token_env: str | None, required: bool = True) -> str:
+    """The admin token from the environment variable the serving config names ("" when it is
+    unset and not ``required``: a read that works without keys, and with them given the token)."""
     name = token_env
     if name is None:
         from service.config import config_path, load_serving_config
@@ -56,7 +57,7 @@ def admin_token(config: str | None, token_env: str | None) -> str:
         path = Path(config) if config else config_path()
         name = load_serving_config(path).admin_token_env if path.is_file() else DEFAULT_TOKEN_ENV
     token = os.environ.get(name, "")
-    if not token:
+    if not token and required:
         raise RunError(f"set {name} to the service's admin token (the serving config's "
                        "admin_token_env names the variable)")  # fmt: skip
     return token

@@ -18,7 +18,8 @@ from tuneserve.errors import RunError
 
 
 def _list(args: argparse.Namespace) -> int:
-    models = call(args.url, "GET", "/models")
+    # GET /models is open unless auth.require_keys; then the admin token (if set) is the key
+    models = call(args.url, "GET", "/models", token=admin_token(args.config, args.token_env, False))
     if args.json:
         print(json.dumps(models, indent=2))
         return 0
@@ -35,7 +36,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _put(args: argparse.Namespace) -> int:
-    served = {v["name"] for v in call(args.url, "GET", "/models")["variants"]}
+    token = admin_token(args.config, args.token_env)
+    served = {v["name"] for v in call(args.url, "GET", "/models", token=token)["variants"]}
     if args.action == "add" and args.name in served:
         raise RunError(f"{args.name!r} is served already: use `tuneserve models replace`")
     if args.action == "replace" and args.name not in served:
@@ -46,7 +48,6 @@ def _put(args: argparse.Namespace) -> int:
         body["sha256"] = args.sha256
     if args.model_version:
         body["model_version"] = args.model_version
-    token = admin_token(args.config, args.token_env)
     answer = call(args.url, "PUT", f"/models/{args.name}", body, token)
     if not answer.get("changed", True):
         print(f"{args.name}: {answer['model_version']} was served already; nothing changed")
@@ -81,7 +82,7 @@ def add(sub: Any) -> None:
                                 "(default: the serving config's admin_token_env)")  # fmt: skip
 
     listing = actions.add_parser("list", help="each variant's model_version, weight and path")
-    common(listing, admin=False)
+    common(listing, admin=True)  # the token, if set, is the key when auth.require_keys
     listing.add_argument("--json", action="store_true", help="print GET /models as JSON")
     listing.set_defaults(handler=_list)
     for action, text in (("add", "serve a new variant (weight 0 until PUT /ab/config)"),

@@ -65,11 +65,15 @@ def test_refusals_and_a_missing_token_say_why(
         assert main(["models", "remove", "baseline", "--url", url, "--config", str(config)]) == 1
         err = capsys.readouterr().err
         assert "refused DELETE /models/baseline: 409 conflict: 'baseline' is the control" in err
-        assert main(["models", "add", "baseline", "/x", "--url", url, "--token-env", "X"]) == 1
+        assert (
+            main(["models", "add", "baseline", "/x", "--url", url, "--token-env", "MY_ADMIN"]) == 1
+        )
         assert "'baseline' is served already: use `tuneserve models replace`" in (
             capsys.readouterr().err
         )
-        assert main(["models", "replace", "other", "/x", "--url", url, "--token-env", "X"]) == 1
+        assert (
+            main(["models", "replace", "other", "/x", "--url", url, "--token-env", "MY_ADMIN"]) == 1
+        )
         assert "'other' is not served (baseline): use `tuneserve models add`" in (
             capsys.readouterr().err
         )
