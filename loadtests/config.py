@@ -6,6 +6,7 @@ Imported by the locustfile under gevent: keep its imports light (no numpy, no se
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -74,8 +75,18 @@ class LoadTestConfig(StrictConfig):
         False, description="also stream every request to requests-WORKER.jsonl in the run folder "
         "(audits, tests); the report comes from the merged histograms",
     )  # fmt: skip
+    api_key_env: str = Field(
+        "TUNESERVE_API_KEY",
+        description="environment variable holding the API key every request sends (X-API-Key) "
+        "when the service requires keys; unset: none sent. The key is never written anywhere",
+    )
     out: Path = Field(Path("artifacts/loadtest"), description="reports go to OUT/RUN_ID/")
     run_id: str | None = Field(None, description="name of the run folder (default: a timestamp)")
+
+    def key_headers(self) -> dict[str, str]:
+        """The API-key header to send ({} while ``api_key_env`` is unset or empty)."""
+        key = os.environ.get(self.api_key_env, "")
+        return {"X-API-Key": key} if key else {}
 
     @field_validator("host")
     @classmethod

@@ -84,6 +84,7 @@ def shape_tick(run_time_s: float, grace_s: float) -> tuple[int, float] | None:
 
 
 RUN = Run(_CFG, SETTINGS.raw)
+HEADERS = _CFG.key_headers()  # the API key, when the service requires one (never logged)
 
 
 def label_name(label: Any) -> str | None:
@@ -105,7 +106,9 @@ class TrafficMixin:
         t0 = started if intended is None else intended
         late_ms = 0.0 if intended is None else (started - intended) * 1000
         body = {"text": text, "user_id": user_id}
-        with self.client.post(path, json=body, name=path, catch_response=True) as response:
+        with self.client.post(
+            path, json=body, name=path, headers=HEADERS, catch_response=True
+        ) as response:
             variant = (response.headers.get("X-Model-Variant") if response.headers else None) or "-"
             latency_ms = (time.time() - t0) * 1000
             status = response.status_code or 0
@@ -125,7 +128,9 @@ class TrafficMixin:
     def send_feedback(self, answer: dict[str, Any], label: str) -> None:
         body = {"prediction_id": answer.get("prediction_id"), "label": label}
         started = time.time()
-        with self.client.post("/feedback", json=body, catch_response=True) as response:
+        with self.client.post(
+            "/feedback", json=body, headers=HEADERS, catch_response=True
+        ) as response:
             status = response.status_code or 0
             RUN.record(started, (time.time() - started) * 1000, status,
                        str(answer.get("variant", "-")), "feedback", 0.0)  # fmt: skip
@@ -297,7 +302,8 @@ def _on_test_stopping(environment: Any, **_: Any) -> None:
 def fetch_label_names(host: str) -> dict[str, str]:
     """Label i is the i-th label of the first variant in GET /models (its label map order)."""
     try:
-        with urllib.request.urlopen(f"{host.rstrip('/')}/models", timeout=10) as response:
+        request = urllib.request.Request(f"{host.rstrip('/')}/models", headers=HEADERS)
+        with urllib.request.urlopen(request, timeout=10) as response:
             labels = json.load(response)["variants"][0]["labels"]
     except (OSError, ValueError, KeyError, IndexError) as exc:
         log.warning("GET /models gave no label map (%s): feedback uses dataset labels as-is", exc)

@@ -83,8 +83,10 @@ class ServerMemory:
     """A background thread that reads ``host``/metrics every ``interval_s`` while the run lasts
     (a context manager); ``summary()`` and ``summarise(samples, ...)`` turn it into figures."""
 
-    def __init__(self, host: str, interval_s: float = SAMPLE_S) -> None:
-        self.host, self.interval_s = host, interval_s
+    def __init__(
+        self, host: str, interval_s: float = SAMPLE_S, headers: dict[str, str] | None = None
+    ) -> None:
+        self.host, self.interval_s, self.headers = host, interval_s, headers or {}
         self.samples: list[dict[str, Any]] = []
         self.server: dict[str, Any] = {}
         self.problem: str | None = None
@@ -92,7 +94,8 @@ class ServerMemory:
         self._thread = threading.Thread(target=self._run, name="server-memory", daemon=True)
 
     def _get(self, path: str) -> str:
-        with urllib.request.urlopen(f"{self.host}{path}", timeout=5) as answer:
+        request = urllib.request.Request(f"{self.host}{path}", headers=self.headers)
+        with urllib.request.urlopen(request, timeout=5) as answer:
             return str(answer.read().decode("utf-8", errors="replace"))
 
     def _describe_server(self) -> None:

@@ -107,7 +107,8 @@ def _measure(
                "slo": slo, "cluster": cluster.model_dump(mode="json")}  # fmt: skip
     log.info("%s -> %s; %s", report["mode"], run_dir, report["load_generator"])
     title = f"{cfg.host}: {report['mode']}\n{report['load_generator'].split(':')[0]}"
-    with ServerMemory(cfg.host) as memory:  # the server's own figures, from its /metrics
+    # the server's own figures, from its /metrics
+    with ServerMemory(cfg.host, headers=cfg.key_headers()) as memory:
         if find_max:
             rows = _search(cfg, bounds, run_dir, traffic, max_rate, precision, title, report)
         else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import make_sentences, write_tsv
 from tests.service.conftest import write_serving_config
 from tuneserve.cli import main
 
@@ -125,6 +127,21 @@ def test_keys_scopes_revocation_and_limits_on_a_real_server(
     assert by_key[(limited_id, "429")] == codes.count(429)
     assert by_key[(revoked_id, "401")] >= 10 and by_key[(revoked_id, "200")] >= 1
     assert by_key[(new_id, "200")] >= 11 and by_key[("admin-token", "200")] == 1
+    # a load test against the keyed service sends the key from $TUNESERVE_API_KEY, and writes it
+    # nowhere (predictions and feedback with one key of both scopes; its limit is far above)
+    _, load_key = _create(config, "secret-name-load", "predict,feedback", "--rate", "1000",
+                          "--burst", "1000")  # fmt: skip
+    time.sleep(BOUND_S)  # every worker has read it
+    monkeypatch.setenv("TUNESERVE_API_KEY", load_key)
+    texts = write_tsv(tmp_path / "texts.tsv", make_sentences(50, seed=3))
+    assert main(["loadtest", "--host", url, "--texts", str(texts), "--out", str(tmp_path / "load"),
+                 "--run-id", "keyed", "--open-loop", "--rate", "10", "--duration", "3s",
+                 "--warmup", "0s", "--feedback", "0.5", "--text-column", "sentence",
+                 "--label-column", "label"]) == 0  # fmt: skip
+    run = tmp_path / "load" / "keyed"
+    overall = json.loads((run / "report.json").read_text())["rows"][0]
+    assert overall["requests"] >= 20 and overall["failures"] == 0, overall
+    assert all(load_key not in f.read_text(errors="replace") for f in run.rglob("*") if f.is_file())
     server.stop()
     log = server.log.read_text()
     for _, key in keys.values():
