@@ -151,7 +151,6 @@ class KeyCache:
     def __init__(self, open_store: Callable[[], Store], refresh_s: float) -> None:
         self.refresh_s = refresh_s
         self.keys: dict[str, KeyRecord] | None = None  # None until the first read succeeds
-        self.loaded_at = 0.0
         self._open_store = open_store
         self._keys: KeyStore | None = None
         self._stop = threading.Event()
@@ -167,7 +166,7 @@ class KeyCache:
         counts = _counts(keys)
         if self.keys is None or counts != _counts(self.keys):
             logger.info("API keys: %d in force, %d revoked", *counts)
-        self.keys, self.loaded_at = keys, time.monotonic()
+        self.keys = keys
 
     def _run(self) -> None:
         while True:

@@ -94,6 +94,7 @@ class AuthMiddleware:
             principal = self._principal(_credential(scope["headers"]))
             if not allows(principal.scopes, needed):
                 self._refused("scope", principal.key_id)
+                self._count(principal.key_id, 403)
                 raise ForbiddenError(
                     f"API key {principal.key_id} has the scopes "
                     f"{', '.join(sorted(principal.scopes))}; {scope['method']} {scope['path']} "

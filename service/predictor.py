@@ -158,7 +158,15 @@ class Predictor:
         started = time.perf_counter()
         router = self.experiment.router  # one state for the whole request, whatever lands
         assignment = router.choose(user_id=user_id, forced=forced)
-        served = self.variants.acquire(assignment.variant)  # one model for the whole request
+        try:
+            served = self.variants.acquire(assignment.variant)  # one model for the request
+        except InvalidInputError:
+            if assignment.forced:
+                raise  # the caller named a variant that is gone: its error
+            # routed by a state older than a hot swap's removal: route again by the newest
+            router = self.experiment.router
+            assignment = router.choose(user_id=user_id, forced=None)
+            served = self._acquire_routed(assignment.variant)
         model = served.model
         hashed = unit_hash(router.salt, user_id) if user_id else None  # the salt in force
         self._inflight += 1
@@ -202,6 +210,16 @@ class Predictor:
             )
         self._offer_shadow(assignment, texts, answers)
         return Answers(assignment, model.version, answers)
+
+    def _acquire_routed(self, variant: str) -> Any:
+        """``variant``'s model for a routed request; 503 if a swap removed it again meanwhile."""
+        try:
+            return self.variants.acquire(variant)
+        except InvalidInputError:
+            raise UnavailableError(
+                "the variants are being changed (hot swap); retry shortly",
+                retry_after_s=self.settings.limits.retry_after_s,
+            ) from None
 
     async def _run(
         self, model: VariantModel, runner: Runner, texts: list[str]
@@ -268,9 +286,10 @@ class Predictor:
     ) -> None:
         """Hand a sampled share of requests to the shadow variant (scored after answering)."""
         shadow = self.experiment.shadow_for(assignment.variant)
-        model = None if shadow is None else self.models.get(shadow)
-        if model is None:
+        served = None if shadow is None else self.variants.served.get(shadow)
+        if served is None:
             return
+        model = served.model
         self.shadow.offer(
             ShadowJob(
                 model=model,

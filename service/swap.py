@@ -167,7 +167,9 @@ class Variants:
             active = {e.name for e in self.catalog.entries() if e.status == ACTIVE}
             if name not in self.served and name not in active:
                 raise NotFoundError(f"no variant {name!r} is served: see GET /models")
-            if name == self.experiment.control:  # the control in force (a promotion moves it)
+            # the control in force (a promotion moves it), and the config's, which a restart
+            # serves again whatever the catalog says (catalog.served_variants)
+            if name in (self.experiment.control, self.settings.control.name):
                 raise ConflictError(
                     f"{name!r} is the control and cannot be removed: replace its model (PUT "
                     "/models/{name}) or make another variant the control in the serving config"

@@ -18,7 +18,7 @@ COST_ROWS = (
     ("training_examples_per_second", "training throughput", "examples/s"),
     ("peak_training_rss_mb", "peak training memory (RSS)", "MB"),
     ("trainable_parameters", "trainable parameters", ""),
-    ("trained_mb", "trained weights on disk (head + adapter)", "MB"),
+    ("trained_mb", "trained weights on disk (head, adapter or student encoder)", "MB"),
     ("merged_mb", "merged model on disk (export)", "MB"),
     ("serving_mb", "serving model on disk (export)", "MB"),
     ("batch1_p50_ms", "batch-1 p50 latency (bench-model)", "ms"),
@@ -34,7 +34,10 @@ def _bytes(manifest: Manifest, keep: Any) -> int:
 def train_costs(manifest: Manifest, metrics: dict[str, Any]) -> dict[str, Any]:
     """From a train run: its training time, throughput, memory, parameters and trained files."""
     training, params = metrics.get("training", {}), metrics.get("parameters", {})
-    trained = _bytes(manifest, lambda role, _: role == "head" or role.startswith("adapter/"))
+    # what training produced: the head, a LoRA adapter, a distilled student's own encoder
+    trained = _bytes(
+        manifest, lambda role, _: role == "head" or role.startswith(("adapter/", "encoder/"))
+    )
     return {
         "training_seconds": training.get("wall_seconds"),
         "training_examples_per_second": training.get("examples_per_second"),

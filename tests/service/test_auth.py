@@ -103,6 +103,8 @@ def test_every_scope_is_allowed_its_routes_and_refused_the_others(keyed: tuple) 
                 body = r.json()
                 assert body["kind"] == "forbidden" and f"needs {needed}" in body["error"]
                 assert key not in r.text
+    text = _metrics_text()  # a refusal for its scope is counted for the key, by id
+    assert f'key_id="{made["predict"][0].id}",outcome="403"' in text
     for scope in ("predict", "feedback", "report", "admin"):  # metadata: any scope
         assert client.get("/models", headers={"X-API-Key": made[scope][1]}).status_code == 200
 

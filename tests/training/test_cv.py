@@ -132,7 +132,7 @@ def _cleaned_train_labels(data: Path, raw: list[str]) -> list[int]:
     return [raw.index(line.split("\t")[1]) for line in lines]
 
 
-def test_cv_of_a_student_reuses_the_teachers_logits(
+def test_cv_of_a_student_distils_every_fold_from_the_teacher(
     tiny_runs: dict[str, Path], tiny_bert: Path, tmp_path: Path
 ) -> None:
     teacher = tiny_runs["lora"]

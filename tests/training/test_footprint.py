@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from training.footprint import train_costs
 from tuneserve.cli import main
 from tuneserve.details import ExportDetails
 from tuneserve.manifest import read_manifest
@@ -124,3 +125,14 @@ def test_cost_inputs_that_do_not_belong_are_refused(
     code, err = _compare(capsys, tmp_path / "x", *runs, "--alpha", "1.5")
     assert code == 1 and "--alpha must be between 0 and 1, got 1.5" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_students_trained_weights_count_its_own_encoder(tiny_student: Path) -> None:
+    """A distilled student trains its whole (shortened) encoder: its weights on disk are the
+    encoder's files and the head, not the head alone."""
+    manifest = read_manifest(tiny_student)
+    encoder = sum(e.bytes for r, e in manifest.artifacts.items() if r.startswith("encoder/"))
+    assert encoder > 0
+    costs = train_costs(manifest, json.loads((tiny_student / "metrics.json").read_text()))
+    head = manifest.artifacts["head"].bytes
+    assert costs["trained_mb"] == pytest.approx((encoder + head) / MB, abs=1e-3)
